@@ -43,10 +43,19 @@ pub struct PairFaces {
 impl PairFaces {
     /// Reads `pairs` and decodes every image they name under `root`. A missing or unreadable
     /// image is an error naming the pair-list entry, unless `skip_bad` drops that pair.
-    pub fn load(root: &Path, pairs_path: &Path, skip_bad: bool) -> Result<Self> {
-        let pairs = read_pairs(pairs_path)?;
+    /// With `folds`, only the pairs of those folds are kept (and only their images read).
+    pub fn load(
+        root: &Path,
+        pairs_path: &Path,
+        folds: Option<&[usize]>,
+        skip_bad: bool,
+    ) -> Result<Self> {
+        let mut pairs = read_pairs(pairs_path)?;
+        if let Some(folds) = folds {
+            pairs.retain(|pair| folds.contains(&pair.fold));
+        }
         if pairs.is_empty() {
-            bail!("pair list {} has no pairs", pairs_path.display());
+            bail!("pair list {} has no pairs (in the folds asked for)", pairs_path.display());
         }
         let mut unique: Vec<String> = Vec::new();
         let mut position: HashMap<String, usize> = HashMap::new();
@@ -251,7 +260,14 @@ pub struct Evaluator {
 impl Evaluator {
     /// Loads the pair list and its images.
     pub fn new(config: &EvalConfig, skip_bad: bool) -> Result<Self> {
-        let faces = PairFaces::load(&config.root, &config.pairs, skip_bad)?;
+        let folds: Option<Vec<usize>> = match &config.protocol {
+            Protocol::Kfold { .. } => None,
+            Protocol::Split {
+                tune_folds,
+                test_folds,
+            } => Some(tune_folds.iter().chain(test_folds).copied().collect()),
+        };
+        let faces = PairFaces::load(&config.root, &config.pairs, folds.as_deref(), skip_bad)?;
         Ok(Self {
             config: config.clone(),
             faces,
