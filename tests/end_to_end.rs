@@ -178,15 +178,31 @@ fn training_on_orl_lowers_the_loss_and_verifies_held_out_identities() {
     assert!((again - trained).abs() < 1e-9, "eval {again} vs training's final {trained}");
 }
 
+/// The training losses of a run, by step.
+fn losses_by_step(run: &Path) -> Vec<(usize, f64)> {
+    let mut reader = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let step = headers.iter().position(|h| h == "step").unwrap();
+    let loss = headers.iter().position(|h| h == "loss").unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap())
+        .filter_map(|r| Some((r[step].parse().ok()?, r[loss].parse().ok()?)))
+        .collect()
+}
+
 #[test]
-fn a_stopped_run_resumes_from_its_checkpoint() {
+fn a_stopped_and_resumed_run_matches_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let (identities, pairs) = orl_fixture(dir.path());
     let config = orl_config(dir.path(), &identities, &pairs, 1);
     let config = config.to_str().unwrap();
-    let output = elasticface(&["train", "--config", config, "--max-steps", "3"]);
-    assert!(output.status.success(), "{}", stderr(&output));
     let run = dir.path().join("run");
+    let straight = dir.path().join("straight");
+    let common = ["--log-every", "1"];
+
+    let output = elasticface(&[&["train", "--config", config, "--max-steps", "3"], &common[..]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(summary(&run)["steps"], 3);
 
     // Without --resume an existing run is refused rather than overwritten.
@@ -194,9 +210,29 @@ fn a_stopped_run_resumes_from_its_checkpoint() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
 
-    let output = elasticface(&["train", "--config", config, "--max-steps", "6", "--resume"]);
+    let resumed = [&["train", "--config", config, "--max-steps", "6", "--resume"], &common[..]];
+    let output = elasticface(&resumed.concat());
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(summary(&run)["steps"], 6);
+
+    // The same six steps without a stop: model, optimiser state, data order, flips and the
+    // head's margin draws all continue where they were, so every loss agrees.
+    let output = elasticface(
+        &[
+            &["train", "--config", config, "--max-steps", "6"][..],
+            &["--output", straight.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let expected = losses_by_step(&straight);
+    let actual = losses_by_step(&run);
+    assert_eq!(expected.len(), 6, "{expected:?}");
+    assert_eq!(actual.len(), 6, "{actual:?}");
+    for ((step, a), (_, b)) in actual.iter().zip(&expected) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "step {step}: resumed {a}, uninterrupted {b}");
+    }
 }
 
 fn tiny_config(dir: &Path, root: &Path) -> PathBuf {

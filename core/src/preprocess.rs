@@ -13,9 +13,10 @@ pub const FACE_LEN: usize = 3 * INPUT_SIZE * INPUT_SIZE;
 /// Errors of preprocessing.
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    /// The bytes are not an image the decoder understands.
+    /// The bytes are not an image the decoder understands. The decoder's message is kept as
+    /// text: its error chain repeats itself, which would print every cause twice.
     #[error("cannot decode image: {0}")]
-    Decode(#[from] image::ImageError),
+    Decode(String),
     /// The image has no pixels.
     #[error("image has no pixels ({width}×{height})")]
     Empty {
@@ -29,7 +30,9 @@ pub enum PreprocessError {
 /// Decodes JPEG, PNG, PGM, GIF or WebP bytes to RGB; grey images are replicated to three
 /// channels.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
-    let image = image::load_from_memory(bytes)?.to_rgb8();
+    let image = image::load_from_memory(bytes)
+        .map_err(|error| PreprocessError::Decode(error.to_string()))?
+        .to_rgb8();
     if image.width() == 0 || image.height() == 0 {
         return Err(PreprocessError::Empty {
             width: image.width(),

@@ -58,8 +58,10 @@ pub fn save(run: &Path, model: &FaceModel, optimizer: &ModuleOptimizer, state: &
     }
     std::fs::create_dir_all(&staging)?;
 
+    // `valid` folds the batch norms' latest running-statistics update into their stored value;
+    // a plain record would hold the value from one step earlier.
     model
-        .clone()
+        .valid()
         .save_file(staging.join(MODEL_FILE))
         .map_err(|e| anyhow::anyhow!("cannot write model checkpoint: {e}"))?;
     optimizer

@@ -9,6 +9,7 @@ mod evaluate;
 mod plot;
 mod train;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -77,6 +78,9 @@ struct TrainArgs {
     /// Images per step.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Log the loss every this many steps.
+    #[arg(long)]
+    log_every: Option<usize>,
     /// Base learning rate.
     #[arg(long)]
     lr: Option<f64>,
@@ -166,6 +170,9 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(batch_size) = args.batch_size {
         config.data.batch_size = batch_size;
     }
+    if let Some(log_every) = args.log_every {
+        config.train.log_every = log_every;
+    }
     if let Some(lr) = args.lr {
         config.optimizer.lr = lr;
     }
@@ -247,9 +254,12 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr, so stdout carries only results (tables, summaries) for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -309,8 +309,8 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         let embeddings = model.embed(faces);
         let loss = head.forward(&model.centers, embeddings, &batch.labels)?.loss;
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(max_norm) = config.optimizer.grad_clip_norm {
-            clip_global_norm(&model.backbone, &mut grads, max_norm);
+        if config.optimizer.grad_clip_norm > 0.0 {
+            clip_global_norm(&model.backbone, &mut grads, config.optimizer.grad_clip_norm);
         }
         model = optim.step(lr, model, grads);
 
