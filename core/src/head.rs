@@ -12,8 +12,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-/// Smallest value of 1 − cos²θ used for sin θ. Below it sin θ is held constant, so the gradient
-/// stays finite at cos θ = ±1 where d(sin θ)/d(cos θ) is unbounded.
+/// Below this value of 1 − cos²θ the derivative treats sin θ as constant, so the gradient stays
+/// finite at cos θ = ±1 where d(sin θ)/d(cos θ) is unbounded (the reference's `acos` gives NaN
+/// there). Values are not affected: sin θ itself is always exact.
 pub const SIN_SQUARED_FLOOR: f32 = 1e-6;
 
 /// Which loss the head computes.
@@ -509,7 +510,8 @@ pub fn l2_normalize(rows: Tensor<2>) -> Tensor<2> {
 /// Scaled logits with the margin applied to each row's target column.
 ///
 /// `labels` holds −1 for rows without a target; those rows get no margin. `margins[i]` is the
-/// margin of row i (see [`MarginSampler::batch_margins`]).
+/// margin of row i (see [`MarginSampler::batch_margins`]). On wgpu this runs the
+/// `margin_logits` kernel; elsewhere [`margin_logits_tensor_ops`].
 ///
 /// # Shapes
 /// - `cos_theta`: `[batch_size, num_classes]`
@@ -517,6 +519,25 @@ pub fn l2_normalize(rows: Tensor<2>) -> Tensor<2> {
 /// - `margins`: `[batch_size]`
 /// - output: `[batch_size, num_classes]`
 pub fn margin_logits(
+    cos_theta: Tensor<2>,
+    labels: Tensor<1, Int>,
+    margins: Tensor<1>,
+    config: &HeadConfig,
+) -> Tensor<2> {
+    #[cfg(feature = "wgpu")]
+    let (cos_theta, labels, margins) =
+        match crate::kernel::margin_logits(cos_theta, labels, margins, config) {
+            Ok(logits) => return logits,
+            Err(inputs) => inputs,
+        };
+    margin_logits_tensor_ops(cos_theta, labels, margins, config)
+}
+
+/// [`margin_logits`] as burn tensor operations, on any backend.
+///
+/// # Shapes
+/// As [`margin_logits`].
+pub fn margin_logits_tensor_ops(
     cos_theta: Tensor<2>,
     labels: Tensor<1, Int>,
     margins: Tensor<1>,
@@ -532,13 +553,12 @@ pub fn margin_logits(
         MarginFamily::None => cos_target.clone(),
         MarginFamily::Cosine => cos_target.clone() - margins,
         MarginFamily::Angular => {
-            let sin_target = cos_target
-                .clone()
-                .square()
-                .neg()
-                .add_scalar(1.0)
-                .clamp_min(SIN_SQUARED_FLOOR)
-                .sqrt();
+            let sin_squared = cos_target.clone().square().neg().add_scalar(1.0);
+            let sin_floored = sin_squared.clone().clamp_min(SIN_SQUARED_FLOOR).sqrt();
+            // The floor only steadies the derivative: a detached correction restores the exact
+            // value √max(1 − cos²θ, 0) where the floor applies.
+            let correction = (sin_floored.clone() - sin_squared.clamp_min(0.0).sqrt()).detach();
+            let sin_target = sin_floored - correction;
             let shifted = cos_target.clone() * margins.clone().cos()
                 - sin_target * margins.clone().sin();
             match config.overflow {
@@ -564,29 +584,86 @@ pub fn margin_logits(
     (cos_theta + adjust).mul_scalar(config.scale)
 }
 
-/// Softmax cross-entropy averaged over the rows that have a target (label ≥ 0). With no such
-/// row the loss is 0 (PyTorch would return NaN).
+/// Softmax cross-entropy of each row: log Σ exp(logits) − the target logit, 0 for rows without
+/// a target (label −1).
 ///
 /// # Shapes
 /// - `logits`: `[batch_size, num_classes]`
 /// - `labels`: `[batch_size]`, with −1 or a class index
-/// - output: `[1]`
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+/// - output: `[batch_size]`
+pub fn cross_entropy_rows(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [batch_size, _] = logits.dims();
     let has_target = labels.clone().greater_equal_elem(0);
     let target_index = labels.clamp_min(0).reshape([batch_size, 1]);
     let log_probability = burn::tensor::activation::log_softmax(logits, 1)
         .gather(1, target_index)
         .reshape([batch_size]);
-    let weight = has_target.float();
-    let count = weight.clone().sum().clamp_min(1.0);
-    (log_probability * weight).sum().neg() / count
+    log_probability.neg() * has_target.float()
 }
 
-/// The logits and loss of one batch.
+/// Mean of per-row losses over the rows that have a target. With no such row the loss is 0
+/// (PyTorch would return NaN).
+///
+/// # Shapes
+/// - `rows`: `[batch_size]`; `labels`: `[batch_size]` → `[1]`
+fn mean_over_targets(rows: Tensor<1>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let count = labels.greater_equal_elem(0).float().sum().clamp_min(1.0);
+    rows.sum() / count
+}
+
+/// Softmax cross-entropy averaged over the rows that have a target (label ≥ 0).
+///
+/// # Shapes
+/// - `logits`: `[batch_size, num_classes]`
+/// - `labels`: `[batch_size]`, with −1 or a class index
+/// - output: `[1]`
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    mean_over_targets(cross_entropy_rows(logits, labels.clone()), labels)
+}
+
+/// The margin loss of a batch from its cos θ matrix: margin logits, then softmax cross-entropy
+/// averaged over the rows with a target. On wgpu this is the fused `softmax_cross_entropy`
+/// kernel pair, which never stores the logits; elsewhere [`margin_cross_entropy_tensor_ops`].
+///
+/// # Shapes
+/// - `cos_theta`: `[batch_size, num_classes]`
+/// - `labels`, `margins`: `[batch_size]`
+/// - output: `[1]`
+pub fn margin_cross_entropy(
+    cos_theta: Tensor<2>,
+    labels: Tensor<1, Int>,
+    margins: Tensor<1>,
+    config: &HeadConfig,
+) -> Tensor<1> {
+    #[cfg(feature = "wgpu")]
+    let (cos_theta, labels, margins) = match crate::kernel::softmax_cross_entropy_rows(
+        cos_theta,
+        labels.clone(),
+        margins,
+        config,
+    ) {
+        Ok(rows) => return mean_over_targets(rows.loss, labels),
+        Err(inputs) => inputs,
+    };
+    margin_cross_entropy_tensor_ops(cos_theta, labels, margins, config)
+}
+
+/// [`margin_cross_entropy`] as burn tensor operations, on any backend.
+///
+/// # Shapes
+/// As [`margin_cross_entropy`].
+pub fn margin_cross_entropy_tensor_ops(
+    cos_theta: Tensor<2>,
+    labels: Tensor<1, Int>,
+    margins: Tensor<1>,
+    config: &HeadConfig,
+) -> Tensor<1> {
+    let logits = margin_logits_tensor_ops(cos_theta, labels.clone(), margins, config);
+    cross_entropy(logits, labels)
+}
+
+/// The loss of one batch.
 pub struct HeadOutput {
-    /// Scaled margin logits, `[batch_size, num_classes]`.
-    pub logits: Tensor<2>,
     /// Mean cross-entropy over rows with a target, `[1]`.
     pub loss: Tensor<1>,
     /// The margin each row received.
@@ -613,7 +690,7 @@ impl MarginHead {
         })
     }
 
-    /// Margin logits and loss for a batch of embeddings.
+    /// Margin loss for a batch of embeddings.
     ///
     /// # Shapes
     /// - `embeddings`: `[batch_size, embedding_size]`
@@ -652,13 +729,8 @@ impl MarginHead {
             &device,
         );
 
-        let logits = margin_logits(cos_theta, labels_tensor.clone(), margins_tensor, &self.config);
-        let loss = cross_entropy(logits.clone(), labels_tensor);
-        Ok(HeadOutput {
-            logits,
-            loss,
-            margins,
-        })
+        let loss = margin_cross_entropy(cos_theta, labels_tensor, margins_tensor, &self.config);
+        Ok(HeadOutput { loss, margins })
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod backbone;
 pub mod head;
+#[cfg(feature = "wgpu")]
+pub mod kernel;
 pub mod model;
 pub mod preprocess;
 pub mod verify;

@@ -181,4 +181,54 @@ mod tests {
         let loss_gpu = loss_gpu.into_scalar::<f32>();
         assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "{loss_cpu} vs {loss_gpu}");
     }
+
+    /// A training step's gradients on wgpu, where the margin loss runs as the fused WGSL
+    /// kernels, against the CPU backend's tensor-op path: the trainer's results must not depend
+    /// on which path ran.
+    #[test]
+    fn a_training_step_on_wgpu_has_the_cpu_gradients() {
+        use elasticface_core::backbone::Backbone;
+        use elasticface_core::head::MarginHead;
+
+        let (hardware, _) = wgpu_adapters();
+        let gpu = if hardware.is_empty() {
+            Device::wgpu(DeviceKind::Cpu)
+        } else {
+            Device::wgpu(DeviceKind::DefaultDevice)
+        };
+        let cpu = Device::flex();
+
+        let mut backbone = BackboneConfig::new(Architecture::MobileFaceNet);
+        backbone.embedding_size = 64;
+        let model_cpu = FaceModel::new(&backbone, 10, &cpu.clone().autodiff());
+        let model_gpu = model_cpu.clone().fork(&gpu.clone().autodiff());
+
+        let batch = 4;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let faces: Vec<f32> =
+            (0..batch * 3 * INPUT_SIZE * INPUT_SIZE).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let labels = [2i64, -1, 7, 7];
+        let step = |model: &FaceModel, device: &Device| {
+            let faces = Tensor::<4>::from_data(
+                TensorData::new(faces.clone(), [batch, 3, INPUT_SIZE, INPUT_SIZE]),
+                device,
+            );
+            let mut head = MarginHead::new(HeadConfig::new(HeadKind::ElasticArc), 9).unwrap();
+            let loss = head.forward(&model.centers, model.embed(faces), &labels).unwrap().loss;
+            let grads = loss.clone().backward();
+            let Backbone::MobileFaceNet(net) = &model.backbone else { unreachable!() };
+            let read1 = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let read2 = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            (
+                loss.into_scalar::<f32>(),
+                read2(model.centers.weight.grad(&grads).unwrap()),
+                read1(net.stem.conv.weight.grad(&grads).unwrap()),
+            )
+        };
+        let (loss_cpu, centers_cpu, stem_cpu) = step(&model_cpu, &cpu.autodiff());
+        let (loss_gpu, centers_gpu, stem_gpu) = step(&model_gpu, &gpu.autodiff());
+        assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "{loss_cpu} vs {loss_gpu}");
+        assert_close("class-centre gradient", &centers_cpu, &centers_gpu, 1e-3);
+        assert_close("stem convolution gradient", &stem_cpu, &stem_gpu, 1e-3);
+    }
 }

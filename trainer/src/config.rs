@@ -102,6 +102,13 @@ pub struct SourceConfig {
     /// Folds of `identities` to keep.
     #[serde(default)]
     pub folds: Vec<usize>,
+    /// Leave out identities with fewer image files than this (1 keeps every identity).
+    #[serde(default = "default_min_images")]
+    pub min_images: usize,
+}
+
+fn default_min_images() -> usize {
+    1
 }
 
 /// SGD with momentum and weight decay, as the reference trains. Values left out of a file take

@@ -129,10 +129,17 @@ fn scan_source(source: &SourceConfig, skip_bad: bool) -> Result<(Vec<(String, Ve
                 folder.display()
             );
         }
+        if images.len() < source.min_images {
+            continue;
+        }
         identities.push((name, images));
     }
     if identities.is_empty() {
-        bail!("{} has no identity folders with images", source.root.display());
+        bail!(
+            "{} has no identity folders with at least {} image(s)",
+            source.root.display(),
+            source.min_images.max(1)
+        );
     }
     Ok((identities, empty))
 }

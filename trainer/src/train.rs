@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::backend;
 use crate::checkpoint::{self, TrainingState};
-use crate::config::TrainConfig;
+use crate::config::{OptimizerConfig, TrainConfig};
 use crate::data::{FolderDataset, Loader};
 use crate::evaluate::{EvalReport, Evaluator};
 use crate::plot::{self, MetricRow};
@@ -77,7 +77,7 @@ impl ModuleVisitor for GlobalNorm<'_> {
 
 /// Scales the gradients of `module` so their global L2 norm is at most `max_norm`.
 /// Returns the norm before clipping.
-fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+pub(crate) fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut pass = GlobalNorm {
         grads,
         squares: None,
@@ -99,15 +99,16 @@ fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm
     norm
 }
 
-fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+/// SGD with momentum and weight decay, as the reference trains.
+pub(crate) fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
     SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
-            momentum: config.optimizer.momentum,
+            momentum: config.momentum,
             dampening: 0.0,
             nesterov: false,
         }))
         .with_weight_decay(Some(WeightDecayConfig {
-            penalty: config.optimizer.weight_decay as f32,
+            penalty: config.weight_decay as f32,
         }))
         .init()
 }
@@ -204,7 +205,7 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     };
 
     let mut head = MarginHead::new(config.head.clone(), config.seed)?;
-    let mut optim = optimizer(config);
+    let mut optim = optimizer(&config.optimizer);
     let mut state = TrainingState {
         step: 0,
         epoch: 0,
@@ -344,6 +345,13 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
             }
             let rate = window_images as f64 / window_start.elapsed().as_secs_f64();
             progress.set_message(format!("loss {mean_loss:.3} · {rate:.1} img/s · lr {lr:.4}"));
+            if progress.is_hidden() {
+                // No terminal to draw the bar on (a log file, CI): a log line instead.
+                tracing::info!(
+                    "step {}/{total_steps}: loss {mean_loss:.4}, {rate:.1} images/s, lr {lr:.5}",
+                    state.step
+                );
+            }
             metrics.push(MetricRow {
                 step: state.step,
                 epoch: state.step as f64 / steps_per_epoch as f64,
@@ -364,13 +372,15 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
             .is_some_and(|e| e.every_steps > 0 && state.step % e.every_steps == 0);
         if let (true, Some(evaluator)) = (eval_due && state.step < total_steps, &evaluator) {
             let report = progress.suspend(|| evaluate_now(evaluator, &model, &device))?;
-            progress.println(format!(
-                "step {:>6}: verification accuracy {:.2} % ± {:.2} (threshold {:.2})",
-                state.step,
-                100.0 * report.accuracy,
-                100.0 * report.std,
-                report.thresholds.first().copied().unwrap_or(f64::NAN)
-            ));
+            progress.suspend(|| {
+                tracing::info!(
+                    "step {}: verification accuracy {:.2} % ± {:.2} (threshold {:.2})",
+                    state.step,
+                    100.0 * report.accuracy,
+                    100.0 * report.std,
+                    report.thresholds.first().copied().unwrap_or(f64::NAN)
+                )
+            });
             metrics.push(MetricRow {
                 step: state.step,
                 epoch: state.step as f64 / steps_per_epoch as f64,
@@ -427,11 +437,6 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     plot::write_metrics(&metrics_path, &metrics)?;
     plot::draw_curves(&plot_path, &title, &metrics)?;
 
-    let trained_images: f64 = metrics
-        .iter()
-        .filter_map(|r| r.images_per_second)
-        .count() as f64;
-    let _ = trained_images;
     let summary = RunSummary {
         head: config.head.kind.name().to_string(),
         backbone: serde_json::to_string(&config.backbone.architecture)?.trim_matches('"').to_string(),

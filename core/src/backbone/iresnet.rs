@@ -7,9 +7,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
-    PaddingConfig2d, PRelu, PReluConfig,
+    PaddingConfig2d,
 };
 use burn::tensor::{Device, Tensor};
+
+use super::prelu::Prelu;
 
 /// Epsilon of every batch norm in the reference.
 pub const BATCH_NORM_EPSILON: f64 = 1e-5;
@@ -82,7 +84,7 @@ pub struct IBasicBlock {
     /// Batch norm after it.
     pub bn2: BatchNorm,
     /// Per-channel PReLU.
-    pub prelu: PRelu,
+    pub prelu: Prelu,
     /// Second 3×3 convolution (carries the block's stride).
     pub conv2: Conv2d,
     /// Batch norm of the output.
@@ -101,7 +103,7 @@ impl IBasicBlock {
             bn1: batch_norm(input, device),
             conv1: conv(input, planes, 3, 1, device),
             bn2: batch_norm(planes, device),
-            prelu: PReluConfig::new().with_num_parameters(planes).init(device),
+            prelu: Prelu::new(planes, device),
             conv2: conv(planes, planes, 3, stride, device),
             bn3: batch_norm(planes, device),
             downsample,
@@ -134,7 +136,7 @@ pub struct IResNet {
     /// Stem batch norm.
     pub bn1: BatchNorm,
     /// Stem PReLU.
-    pub prelu: PRelu,
+    pub prelu: Prelu,
     /// Stage of width 64.
     pub layer1: Vec<IBasicBlock>,
     /// Stage of width 128.
@@ -179,7 +181,7 @@ impl IResNet {
         Self {
             conv1: conv(3, 64, 3, 1, device),
             bn1: batch_norm(64, device),
-            prelu: PReluConfig::new().with_num_parameters(64).init(device),
+            prelu: Prelu::new(64, device),
             layer1,
             layer2,
             layer3,

@@ -4,12 +4,11 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, PRelu, PReluConfig,
-};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
 use super::iresnet::BATCH_NORM_EPSILON;
+use super::prelu::Prelu;
 
 /// Convolution, batch norm and (optionally) PReLU: the reference's `ConvBlock` and, without
 /// the PReLU, its `LinearBlock`.
@@ -20,7 +19,7 @@ pub struct ConvUnit {
     /// Batch norm after it.
     pub bn: BatchNorm,
     /// PReLU, absent in linear units.
-    pub prelu: Option<PRelu>,
+    pub prelu: Option<Prelu>,
 }
 
 struct UnitSpec {
@@ -54,7 +53,7 @@ impl ConvUnit {
             bn: BatchNormConfig::new(output)
                 .with_epsilon(BATCH_NORM_EPSILON)
                 .init(device),
-            prelu: activation.then(|| PReluConfig::new().with_num_parameters(output).init(device)),
+            prelu: activation.then(|| Prelu::new(output, device)),
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod iresnet;
 pub mod mobilefacenet;
+pub mod prelu;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
