@@ -129,6 +129,18 @@ mod tests {
         );
     }
 
+    fn assert_relative_l2(name: &str, expected: &[f32], actual: &[f32], relative: f64) {
+        assert_eq!(expected.len(), actual.len());
+        let norm = expected.iter().map(|&a| f64::from(a).powi(2)).sum::<f64>().sqrt();
+        let error = expected
+            .iter()
+            .zip(actual)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(error <= relative * norm, "{name}: ‖difference‖ {error} exceeds {relative} × ‖expected‖ {norm}");
+    }
+
     /// One forward pass of a backbone and a margin head on wgpu (lavapipe where no GPU is
     /// present) against burn's CPU backend, with the same weights and inputs.
     #[test]
@@ -229,6 +241,10 @@ mod tests {
         let (loss_gpu, centers_gpu, stem_gpu) = step(&model_gpu, &gpu.autodiff());
         assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "{loss_cpu} vs {loss_gpu}");
         assert_close("class-centre gradient", &centers_cpu, &centers_gpu, 1e-3);
-        assert_close("stem convolution gradient", &stem_cpu, &stem_gpu, 1e-3);
+        // The stem gradient has passed back through every layer and ~50 batch normalisations
+        // of a 4-image batch, which amplify f32 rounding differently on each backend and each
+        // CPU's SIMD width (2·10⁻³ of the largest entry was seen between machines). A wrong
+        // kernel derivative moves it by order one, so the check uses the relative L2 error.
+        assert_relative_l2("stem convolution gradient", &stem_cpu, &stem_gpu, 1e-2);
     }
 }
