@@ -176,6 +176,15 @@ fn training_on_orl_lowers_the_loss_and_verifies_held_out_identities() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let again = report["accuracy"].as_f64().unwrap();
     assert!((again - trained).abs() < 1e-9, "eval {again} vs training's final {trained}");
+
+    // The same model on InsightFace's own small `.bin` (numpy layout): 10 pairs, ten folds.
+    let small = shared_data().join("bins/small_lfw.bin");
+    let report = eval_json(
+        &["eval", "--model", run.to_str().unwrap(), "--backend", "cpu", "--bin", small.to_str().unwrap()],
+        &dir.path().join("small.json"),
+    );
+    assert_eq!(report["pairs"], 10);
+    assert_eq!(report["fold_accuracies"].as_array().unwrap().len(), 10);
 }
 
 /// The training losses of a run, by step.
@@ -355,4 +364,175 @@ fn raw_pixels_on_lfw_fold_ten_are_a_weak_baseline() {
     // Pixels carry some identity signal on aligned LFW crops, but far from what a network
     // reaches: between chance and 75 %.
     assert!((50.0..75.0).contains(&accuracy), "raw-pixel accuracy {accuracy}");
+}
+
+/// `pairs.csv` cut to ten same and ten different pairs of each LFW fold, in the file's order.
+fn lfw_pair_subset(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(shared_data().join("lfw150/pairs.csv")).unwrap();
+    let mut kept = String::from("img1,img2,same\n");
+    let mut taken = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let count = taken.entry((fields[0].to_string(), fields[3].to_string())).or_insert(0);
+        if *count < 10 {
+            *count += 1;
+            kept.push_str(&format!("{},{},{}\n", fields[1], fields[2], fields[3]));
+        }
+    }
+    let path = dir.join("subset.csv");
+    std::fs::write(&path, kept).unwrap();
+    path
+}
+
+fn eval_json(args: &[&str], json: &Path) -> serde_json::Value {
+    let output = elasticface(&[args, &["--json", json.to_str().unwrap()]].concat());
+    assert!(output.status.success(), "eval {args:?} failed:\n{}", stderr(&output));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn bin_sets_in_all_three_layouts_score_as_the_folder_and_pair_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = lfw_pair_subset(dir.path());
+    let lfw = shared_data().join("lfw150");
+    let direct = eval_json(
+        &["eval", "--raw-pixels", "--pairs", pairs.to_str().unwrap(), "--root", lfw.to_str().unwrap()],
+        &dir.path().join("direct.json"),
+    );
+    assert_eq!(direct["pairs"], 200);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make_bin.py");
+    for layout in ["py2-str", "py3-bytes", "numpy"] {
+        let bin = dir.path().join(format!("{layout}.bin"));
+        let made = Command::new("python3")
+            .args([script.to_str().unwrap(), layout, pairs.to_str().unwrap(), lfw.to_str().unwrap()])
+            .arg(&bin)
+            .output()
+            .expect("python3 runs (it writes the .bin fixtures)");
+        assert!(made.status.success(), "{layout}: {}", String::from_utf8_lossy(&made.stderr));
+        let from_bin = eval_json(
+            &["eval", "--raw-pixels", "--bin", bin.to_str().unwrap()],
+            &dir.path().join(format!("{layout}.json")),
+        );
+        assert_eq!(from_bin["pairs"], direct["pairs"], "{layout}");
+        assert_eq!(from_bin["accuracy"], direct["accuracy"], "{layout}");
+        assert_eq!(from_bin["fold_accuracies"], direct["fold_accuracies"], "{layout}");
+        assert_eq!(from_bin["thresholds"], direct["thresholds"], "{layout}");
+    }
+}
+
+#[test]
+fn a_bin_set_that_is_not_a_pickle_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("broken.bin");
+    std::fs::write(&bin, b"this is not a pickle").unwrap();
+    let output = elasticface(&["eval", "--raw-pixels", "--bin", bin.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("broken.bin") && message.contains("pickle"), "{message}");
+}
+
+/// A config training on `source` (a TOML source line) for `steps` steps of `batch_size` images,
+/// logging every step.
+fn source_config(dir: &Path, name: &str, source: &str, batch_size: usize, steps: usize) -> PathBuf {
+    let text = format!(
+        r#"
+seed = 5
+output = "{output}"
+backend = "cpu"
+[data]
+batch_size = {batch_size}
+{source}
+[backbone]
+architecture = "mobilefacenet"
+embedding_size = 32
+[head]
+kind = "elastic-arc"
+[train]
+epochs = 1
+max_steps = {steps}
+log_every = 1
+"#,
+        output = dir.join(name).display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_packed_record_file_trains_exactly_as_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let faces = dir.path().join("faces");
+    for subject in ["s01", "s02", "s03", "s04"] {
+        copy_orl_subject(subject, &faces.join(subject));
+    }
+    let record = dir.path().join("train.rec");
+    let output = elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("packed 40 images of 4 identities"), "{printed}");
+    assert!(dir.path().join("train.idx").is_file());
+
+    // Same images, labels and order: with the same seed every loss agrees.
+    let folder_source = format!("[[data.sources]]\nroot = \"{}\"", faces.display());
+    let record_source = format!("[[data.sources]]\nrecord = \"{}\"", record.display());
+    for (name, source) in [("from-folder", &folder_source), ("from-record", &record_source)] {
+        let config = source_config(dir.path(), name, source, 8, 3);
+        let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+    }
+    let folder = losses_by_step(&dir.path().join("from-folder"));
+    let record_losses = losses_by_step(&dir.path().join("from-record"));
+    assert_eq!(folder.len(), 3);
+    assert_eq!(record_losses.len(), 3);
+    for ((step, a), (_, b)) in folder.iter().zip(&record_losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {step}: folder {a}, record file {b}");
+    }
+
+    // Packing over an existing file is refused.
+    let output = elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("already exists"), "{}", stderr(&output));
+}
+
+#[test]
+fn truncated_and_corrupt_record_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let faces = dir.path().join("faces");
+    copy_orl_subject("s01", &faces.join("a"));
+    copy_orl_subject("s02", &faces.join("b"));
+    let record = dir.path().join("train.rec");
+    assert!(elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]).status.success());
+    let source = format!("[[data.sources]]\nrecord = \"{}\"", record.display());
+    let config = source_config(dir.path(), "run", &source, 8, 1);
+
+    // Cut the file in the middle of the last image record.
+    let bytes = std::fs::read(&record).unwrap();
+    let index = std::fs::read_to_string(dir.path().join("train.idx")).unwrap();
+    let last_image_offset: usize = index.lines().nth(20).unwrap().split('\t').nth(1).unwrap().parse().unwrap();
+    std::fs::write(&record, &bytes[..last_image_offset + 100]).unwrap();
+    let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("train.rec") && message.contains("record 20") && message.contains(&format!("byte {last_image_offset}")),
+        "{message}"
+    );
+
+    // A record whose image bytes are not an image: named, or skipped and counted.
+    let mut damaged = bytes.clone();
+    let first_image_offset: usize = index.lines().nth(1).unwrap().split('\t').nth(1).unwrap().parse().unwrap();
+    for byte in &mut damaged[first_image_offset + 8 + 24..first_image_offset + 8 + 24 + 64] {
+        *byte = 0;
+    }
+    std::fs::write(&record, &damaged).unwrap();
+    // One batch of all 20 images, so the damaged record is read in the first step.
+    let config = source_config(dir.path(), "run2", &source, 20, 1);
+    let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("record 1 "), "{}", stderr(&output));
+    let output = elasticface(&["train", "--config", config.to_str().unwrap(), "--skip-bad", "--output",
+        dir.path().join("run3").to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("skipped 1 unreadable training images"), "{}", stderr(&output));
 }

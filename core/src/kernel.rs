@@ -266,7 +266,7 @@ impl Backward<Cube, 1> for CrossEntropyBackward {
 
 /// cos θ as the kernels hold it: on a wgpu device, with or without autodiff tracking.
 enum WgpuCosTheta {
-    Plain(CubeTensor),
+    Plain,
     Tracked(<Autodiff<Cube> as burn::backend::BackendTypes>::FloatTensorPrimitive),
 }
 
@@ -307,7 +307,7 @@ fn to_wgpu(
     } else {
         match cos_theta.clone().try_into_primitive::<Cube>() {
             Ok(plain) if is_wgpu(&plain) && plain.dtype == DType::F32 => {
-                (WgpuCosTheta::Plain(plain.clone()), plain)
+                (WgpuCosTheta::Plain, plain)
             }
             _ => return Err((cos_theta, labels, margins)),
         }
@@ -360,7 +360,7 @@ pub fn margin_logits(
     let (cos, inputs) = to_wgpu(cos_theta, labels, margins, config)?;
     let logits = margin_logits_forward(&inputs);
     Ok(match cos {
-        WgpuCosTheta::Plain(_) => Tensor::from_primitive::<Cube>(logits),
+        WgpuCosTheta::Plain => Tensor::from_primitive::<Cube>(logits),
         WgpuCosTheta::Tracked(tracked) => {
             let prepared = MarginLogitsBackward
                 .prepare::<NoCheckpointing>([tracked.node()])
@@ -409,7 +409,7 @@ pub fn softmax_cross_entropy_rows(
     let maximum = plain(rows.maximum.clone());
     let log_sum_exp = maximum.clone() + plain(rows.log_sum.clone());
     let loss = match cos {
-        WgpuCosTheta::Plain(_) => Tensor::from_primitive::<Cube>(rows.loss),
+        WgpuCosTheta::Plain => Tensor::from_primitive::<Cube>(rows.loss),
         WgpuCosTheta::Tracked(tracked) => {
             let prepared = CrossEntropyBackward
                 .prepare::<NoCheckpointing>([tracked.node()])

@@ -2,10 +2,14 @@
 //! or clocks, so that the command-line trainer and the browser share one copy of the math.
 //!
 //! Pipeline order: [`preprocess`] → [`backbone`] → [`head`] (margin logits and loss) →
-//! [`verify`] (evaluation protocols). [`model`] ties a backbone to its class centres.
+//! [`verify`] and [`ijb`] (evaluation protocols). [`model`] ties a backbone to its class centres;
+//! [`kernel`] runs the margin loss as WGSL kernels on wgpu.
 
+pub mod align;
 pub mod backbone;
+pub mod export;
 pub mod head;
+pub mod ijb;
 #[cfg(feature = "wgpu")]
 pub mod kernel;
 pub mod model;

@@ -224,6 +224,18 @@ pub fn accuracy_at(threshold: f64, distances: &[f32], same: &[bool]) -> f64 {
     correct as f64 / distances.len() as f64
 }
 
+/// Fraction of different-identity pairs accepted (distance < threshold), or `None` without
+/// any such pair.
+pub fn false_accept_rate(threshold: f64, distances: &[f32], same: &[bool]) -> Option<f64> {
+    let impostors: Vec<f32> =
+        distances.iter().zip(same).filter(|(_, s)| !**s).map(|(d, _)| *d).collect();
+    if impostors.is_empty() {
+        return None;
+    }
+    let accepted = impostors.iter().filter(|&&d| (d as f64) < threshold).count();
+    Some(accepted as f64 / impostors.len() as f64)
+}
+
 /// The threshold with the best accuracy (the first of equal ones) and that accuracy.
 pub fn best_threshold(thresholds: &[f64], distances: &[f32], same: &[bool]) -> (f64, f64) {
     let mut best = (thresholds[0], f64::NEG_INFINITY);
@@ -272,6 +284,23 @@ pub fn kfold_accuracy(
     same: &[bool],
     folds: usize,
 ) -> Result<KFoldReport, VerifyError> {
+    if folds < 2 || distances.len() < folds {
+        return Err(VerifyError::Protocol(format!(
+            "{folds} folds need at least {folds} pairs and at least 2 folds; got {} pairs",
+            distances.len()
+        )));
+    }
+    kfold_accuracy_over(distances, same, &contiguous_folds(distances.len(), folds))
+}
+
+/// The k-fold protocol over given folds (consecutive index ranges covering all the pairs),
+/// for pair sets whose folds were fixed before some pairs were left out.
+pub fn kfold_accuracy_over(
+    distances: &[f32],
+    same: &[bool],
+    fold_ranges: &[std::ops::Range<usize>],
+) -> Result<KFoldReport, VerifyError> {
+    let folds = fold_ranges.len();
     if distances.len() != same.len() {
         return Err(VerifyError::Protocol(format!(
             "{} distances for {} labels",
@@ -288,7 +317,14 @@ pub fn kfold_accuracy(
     let thresholds = reference_thresholds();
     let mut fold_accuracies = Vec::with_capacity(folds);
     let mut fold_thresholds = Vec::with_capacity(folds);
-    for test in contiguous_folds(distances.len(), folds) {
+    let consecutive = fold_ranges.iter().try_fold(0, |end, r| (r.start == end && r.end > r.start).then_some(r.end));
+    if consecutive != Some(distances.len()) {
+        return Err(VerifyError::Protocol(format!(
+            "the folds must be consecutive, non-empty and cover the {} pairs",
+            distances.len()
+        )));
+    }
+    for test in fold_ranges.iter().cloned() {
         let (train_distances, train_same): (Vec<f32>, Vec<bool>) = (0..distances.len())
             .filter(|i| !test.contains(i))
             .map(|i| (distances[i], same[i]))
@@ -401,6 +437,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn false_accept_rate_counts_accepted_impostors() {
+        // Impostors at 0.5, 1.0, 2.0: below 1.5 two of three are accepted.
+        let rate = false_accept_rate(1.5, &[0.2, 0.5, 1.0, 2.0], &[true, false, false, false]);
+        assert_eq!(rate, Some(2.0 / 3.0));
+        assert_eq!(false_accept_rate(1.0, &[0.2], &[true]), None);
+    }
+
+    #[test]
     fn folds_are_contiguous_and_the_first_ones_take_the_remainder() {
         assert_eq!(contiguous_folds(10, 3), vec![0..4, 4..7, 7..10]);
         assert_eq!(contiguous_folds(6, 2), vec![0..3, 3..6]);
@@ -434,6 +478,23 @@ mod tests {
         assert_eq!(report.fold_accuracies, vec![1.0, 0.5]);
         assert!((report.mean - 0.75).abs() < 1e-12);
         assert!((report.std - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn given_folds_of_unequal_size_are_used_as_given() {
+        // Folds {0}, {1, 2, 3}. Fold 1 tests pair 0 (genuine at 0.5) with the threshold from
+        // pairs 1–3 (0.2 genuine, 1.0 and 2.0 impostors): accuracy 1 from threshold 0.21 up to
+        // 1.0, first maximum 0.21 → pair 0 at 0.5 is rejected, accuracy 0. Fold 2 tests pairs
+        // 1–3 with the threshold from pair 0 alone: first maximum 0.51 → 0.2 accepted, 1.0 and
+        // 2.0 rejected, accuracy 1. Contiguous halves would give different folds.
+        let distances = [0.5, 0.2, 1.0, 2.0];
+        let same = [true, true, false, false];
+        let report = kfold_accuracy_over(&distances, &same, &[0..1, 1..4]).unwrap();
+        assert_eq!(report.fold_accuracies, vec![0.0, 1.0]);
+        assert!((report.fold_thresholds[0] - 0.21).abs() < 1e-9);
+        assert!((report.fold_thresholds[1] - 0.51).abs() < 1e-9);
+        assert!(kfold_accuracy_over(&distances, &same, &[0..1, 2..4]).is_err());
+        assert!(kfold_accuracy_over(&distances, &same, &[0..2, 2..3]).is_err());
     }
 
     #[test]

@@ -176,6 +176,15 @@ pub fn head(
 
     type Loss = fn(Tensor<2>, Tensor<1, Int>, Tensor<1>, &HeadConfig) -> Tensor<1>;
     let time = |loss: Loss| -> Result<f64> {
+        // A first pass read back, so that a matrix the adapter cannot hold is an error here
+        // rather than a silently empty timing.
+        let value = loss(cos_theta.clone(), labels.clone(), margins.clone(), &config);
+        if let Err(error) = value.try_into_data() {
+            bail!(
+                "{batch_size}×{classes} cos θ ({:.0} MiB) does not run on this device: {error:?}",
+                (batch_size * classes * 4) as f64 / (1024.0 * 1024.0)
+            );
+        }
         let mut seconds = Vec::new();
         for iteration in 0..warmup + iterations {
             sync(&device)?;

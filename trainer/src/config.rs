@@ -89,12 +89,17 @@ fn default_true() -> bool {
     true
 }
 
-/// One image folder.
+/// One source of training images: an image folder or a RecordIO file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Folder with one sub-folder per identity.
-    pub root: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// MXNet RecordIO file (`train.rec`, with `train.idx` beside it), as InsightFace packs
+    /// MS1MV2, Glint360K and WebFace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<PathBuf>,
     /// Optional table `id<TAB>num_images<TAB>fold` (LFW's `identities.tsv`) restricting the
     /// identities to those of `folds`.
     #[serde(default)]
@@ -109,6 +114,32 @@ pub struct SourceConfig {
 
 fn default_min_images() -> usize {
     1
+}
+
+impl SourceConfig {
+    /// An image folder with every identity kept.
+    pub fn folder(root: PathBuf) -> Self {
+        Self {
+            root: Some(root),
+            record: None,
+            identities: None,
+            folds: Vec::new(),
+            min_images: 1,
+        }
+    }
+
+    /// Refuses a source that names neither or both kinds, or options its kind cannot use.
+    pub fn validate(&self) -> Result<()> {
+        match (&self.root, &self.record) {
+            (Some(_), Some(_)) => bail!("a data source names both a root folder and a record file; use one per source"),
+            (None, None) => bail!("a data source needs `root` (an image folder) or `record` (a .rec file)"),
+            (None, Some(record)) if self.identities.is_some() || !self.folds.is_empty() => bail!(
+                "source {}: `identities` and `folds` select identity folders by name and do not apply to record files",
+                record.display()
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// SGD with momentum and weight decay, as the reference trains. Values left out of a file take
@@ -241,9 +272,11 @@ fn default_log_every() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Folder the pair list's paths are relative to.
+    /// Folder the pair list's paths are relative to (not used by `.bin` sets).
+    #[serde(default)]
     pub root: PathBuf,
-    /// LFW `pairs.txt` or a CSV with `img1,img2,same[,fold]`.
+    /// LFW `pairs.txt`, a CSV with `img1,img2,same[,fold]`, or an InsightFace `.bin`
+    /// verification set.
     pub pairs: PathBuf,
     /// Evaluate every this many steps (0: only at the end).
     #[serde(default)]
@@ -305,7 +338,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.head.validate()?;
         if self.data.sources.is_empty() {
-            bail!("data.sources is empty: name at least one image folder");
+            bail!("data.sources is empty: name at least one image folder or record file");
+        }
+        for source in &self.data.sources {
+            source.validate()?;
         }
         if self.data.batch_size == 0 {
             bail!("data.batch_size must be at least 1");

@@ -1,10 +1,12 @@
-//! Training data from image folders (one sub-folder per identity): scanning, checking every
-//! image once up front, and a loader that decodes, flips and batches on worker threads ahead
-//! of the model. The first stage of training, feeding the backbone.
+//! Training data from image folders (one sub-folder per identity) and from MXNet RecordIO
+//! files: scanning and checking the sources up front, and a loader that decodes, flips and
+//! batches on worker threads ahead of the model. The first stage of training, feeding the
+//! backbone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -19,31 +21,60 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::config::{DataConfig, SourceConfig};
+use crate::recordio::{self, ImageHeader, RecordReader};
 
 /// File extensions read as images.
 const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "pgm", "ppm", "gif", "webp"];
 
+/// Decoded 112×112 faces of image folders are kept in memory up to this many bytes; larger
+/// folder sets are decoded again every epoch. Record files are always streamed.
+const CACHE_BUDGET_BYTES: usize = 2 << 30;
+
+/// Where a training image's bytes are.
+#[derive(Clone, Copy, Debug)]
+pub enum Location {
+    /// An image file: index into [`TrainingSet::files`].
+    File(u32),
+    /// A record of a record file: index into the record readers, byte offset and key.
+    Record {
+        /// Which record file.
+        file: u16,
+        /// Byte offset of the record.
+        offset: u64,
+        /// The record's key in the index.
+        key: u64,
+    },
+}
+
 /// One training image.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    /// Path of the file.
-    pub path: PathBuf,
+    /// Where its bytes are.
+    pub location: Location,
     /// Class index.
     pub label: i64,
 }
 
-/// A scanned and checked training set.
-pub struct FolderDataset {
+/// The scanned and checked training sources.
+pub struct TrainingSet {
     /// Every usable image.
     pub samples: Vec<Sample>,
     /// Class names (`source/identity`), indexed by label.
     pub classes: Vec<String>,
-    /// Decoded 112×112 faces, when kept in memory (same order as `samples`).
+    /// Paths of the image files.
+    pub files: Vec<PathBuf>,
+    /// The record files.
+    pub records: Vec<RecordReader>,
+    /// Decoded faces of the image files, when they fit the memory budget (indexed like `files`).
     pub cache: Option<Vec<RgbImage>>,
-    /// Images skipped because they could not be decoded.
+    /// Images skipped while scanning because they could not be read.
     pub skipped_images: usize,
     /// Identity folders left without any usable image.
     pub skipped_identities: usize,
+    /// Whether unreadable records met during training are skipped rather than fatal.
+    pub skip_bad: bool,
+    /// Records skipped during training because they could not be decoded.
+    pub skipped_while_training: AtomicUsize,
 }
 
 fn is_image(path: &Path) -> bool {
@@ -51,7 +82,6 @@ fn is_image(path: &Path) -> bool {
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
-
 /// Identities of `folds` from a table `id<TAB>num_images<TAB>fold` with a header line.
 fn identities_in_folds(table: &Path, folds: &[usize]) -> Result<HashSet<String>> {
     let text = std::fs::read_to_string(table)
@@ -90,15 +120,17 @@ fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// The identity folders of one source, each with its image files.
-fn scan_source(source: &SourceConfig, skip_bad: bool) -> Result<(Vec<(String, Vec<PathBuf>)>, usize)> {
+/// The identity folders under `root`, each with its image files (sorted by name), and the number
+/// of empty identity folders skipped.
+pub fn scan_folder(
+    root: &Path,
+    source: &SourceConfig,
+    skip_bad: bool,
+) -> Result<(Vec<(String, Vec<PathBuf>)>, usize)> {
     let keep = match &source.identities {
         Some(table) => {
             if source.folds.is_empty() {
-                bail!(
-                    "source {} names an identity table but no folds to keep",
-                    source.root.display()
-                );
+                bail!("source {} names an identity table but no folds to keep", root.display());
             }
             Some(identities_in_folds(table, &source.folds)?)
         }
@@ -106,7 +138,7 @@ fn scan_source(source: &SourceConfig, skip_bad: bool) -> Result<(Vec<(String, Ve
     };
     let mut identities = Vec::new();
     let mut empty = 0;
-    for folder in sorted_entries(&source.root)? {
+    for folder in sorted_entries(root)? {
         if !folder.is_dir() {
             continue;
         }
@@ -137,7 +169,7 @@ fn scan_source(source: &SourceConfig, skip_bad: bool) -> Result<(Vec<(String, Ve
     if identities.is_empty() {
         bail!(
             "{} has no identity folders with at least {} image(s)",
-            source.root.display(),
+            root.display(),
             source.min_images.max(1)
         );
     }
@@ -151,21 +183,115 @@ pub fn load_face(path: &Path) -> Result<RgbImage> {
     Ok(preprocess::resize_to_input(&image))
 }
 
-impl FolderDataset {
-    /// Scans the sources, decodes every image once to check it, and keeps the decoded faces
-    /// in memory when `keep_in_memory` is set.
-    pub fn open(config: &DataConfig, keep_in_memory: bool) -> Result<Self> {
+/// The image records of a record file: for each, its key, byte offset and class label.
+///
+/// With an index header (record 0 with two labels, as InsightFace writes it), the images are the
+/// keys from 1 up to the header's first label; otherwise every record is an image.
+pub fn scan_record_file(reader: &RecordReader, index: &[(u64, u64)]) -> Result<Vec<(u64, u64, i64)>> {
+    let path = reader.path().display().to_string();
+    let first = index.iter().find(|(key, _)| *key == 0);
+    let image_keys = match first {
+        Some(&(_, offset)) => {
+            let header = reader
+                .read_header(offset)
+                .map_err(|e| anyhow::anyhow!("{path}, record 0 (byte {offset}): {e}"))?;
+            if header.flag > 0 {
+                let end = header.labels[0];
+                if !(end.is_finite() && end >= 1.0 && end.fract() == 0.0) {
+                    bail!("{path}, record 0: index header gives {end} as the end of the images (expected a whole number ≥ 1)");
+                }
+                Some(1..end as u64)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let entries: Vec<(u64, u64)> = index
+        .iter()
+        .copied()
+        .filter(|(key, _)| image_keys.as_ref().is_none_or(|keys| keys.contains(key)))
+        .collect();
+    if let Some(keys) = &image_keys
+        && (entries.len() as u64) < keys.end - keys.start
+    {
+        bail!(
+            "{path}: the index header promises images {}..{} but the index lists {} of them",
+            keys.start,
+            keys.end,
+            entries.len()
+        );
+    }
+    let progress = ProgressBar::new(entries.len() as u64).with_style(
+        ProgressStyle::with_template("reading record headers {bar:30} {pos}/{len} [{elapsed}<{eta}]")
+            .expect("valid template"),
+    );
+    let labelled = entries
+        .par_iter()
+        .map(|&(key, offset)| {
+            let header: ImageHeader = reader
+                .read_header(offset)
+                .map_err(|e| anyhow::anyhow!("{path}, record {key} (byte {offset}): {e}"))?;
+            let label = recordio::class_index(header.class_label())
+                .map_err(|e| anyhow::anyhow!("{path}, record {key} (byte {offset}): {e}"))?;
+            progress.inc(1);
+            Ok((key, offset, label))
+        })
+        .collect::<Result<Vec<_>>>();
+    progress.finish_and_clear();
+    labelled
+}
+
+impl TrainingSet {
+    /// Scans every source. Image files are decoded once to check them (and kept decoded when they
+    /// fit the memory budget); record files have every record's header read, which checks their
+    /// framing and labels without decoding the images.
+    pub fn open(config: &DataConfig) -> Result<Self> {
         let mut classes = Vec::new();
-        let mut files: Vec<(PathBuf, usize)> = Vec::new();
+        let mut labelled: Vec<(Location, usize)> = Vec::new();
+        let mut files = Vec::new();
+        let mut records = Vec::new();
         let mut skipped_identities = 0;
         for source in &config.sources {
-            let (identities, empty) = scan_source(source, config.skip_bad)?;
-            skipped_identities += empty;
-            let prefix = source.root.file_name().unwrap_or_default().to_string_lossy().to_string();
-            for (name, images) in identities {
-                let class = classes.len();
-                classes.push(format!("{prefix}/{name}"));
-                files.extend(images.into_iter().map(|p| (p, class)));
+            source.validate()?;
+            if let Some(root) = &source.root {
+                let (identities, empty) = scan_folder(root, source, config.skip_bad)?;
+                skipped_identities += empty;
+                let prefix = root.file_name().unwrap_or_default().to_string_lossy().to_string();
+                for (name, images) in identities {
+                    let class = classes.len();
+                    classes.push(format!("{prefix}/{name}"));
+                    for path in images {
+                        labelled.push((Location::File(files.len() as u32), class));
+                        files.push(path);
+                    }
+                }
+            }
+            if let Some(record) = &source.record {
+                let reader = RecordReader::open(record)?;
+                let index = recordio::read_index(&recordio::index_path(record))?;
+                let entries = scan_record_file(&reader, &index)?;
+                let mut per_label: BTreeMap<i64, usize> = BTreeMap::new();
+                for &(_, _, label) in &entries {
+                    *per_label.entry(label).or_default() += 1;
+                }
+                // Labels as stored may have gaps or be left out by `min_images`: number the
+                // kept ones consecutively after the classes of earlier sources.
+                let stem = record.file_stem().unwrap_or_default().to_string_lossy().to_string();
+                let mut class_of: BTreeMap<i64, usize> = BTreeMap::new();
+                for (&label, &count) in &per_label {
+                    if count >= source.min_images {
+                        class_of.insert(label, classes.len());
+                        classes.push(format!("{stem}/{label}"));
+                    }
+                }
+                let file = u16::try_from(records.len()).context("more than 65 535 record files")?;
+                for (key, offset, label) in entries {
+                    if let Some(&class) = class_of.get(&label) {
+                        labelled.push((Location::Record { file, offset, key }, class));
+                    }
+                }
+                records.push(reader);
             }
         }
 
@@ -173,28 +299,25 @@ impl FolderDataset {
             ProgressStyle::with_template("checking images {bar:30} {pos}/{len} [{elapsed}<{eta}]")
                 .expect("valid template"),
         );
+        // Small sets keep the decoded faces; larger ones are only checked here and decoded
+        // again as batches need them, so memory stays bounded whatever the set's size.
+        let keep_decoded = files.len() * 3 * 112 * 112 <= CACHE_BUDGET_BYTES;
         let decoded: Vec<Result<RgbImage>> = files
             .par_iter()
-            .map(|(path, _)| {
-                let face = load_face(path);
+            .map(|path| {
+                let face = load_face(path).map(|face| if keep_decoded { face } else { RgbImage::new(0, 0) });
                 progress.inc(1);
                 face
             })
             .collect();
         progress.finish_and_clear();
 
-        let mut samples = Vec::with_capacity(files.len());
-        let mut cache = keep_in_memory.then(|| Vec::with_capacity(files.len()));
+        let mut unreadable = vec![false; files.len()];
         let mut skipped_images = 0;
-        let mut images_per_class = vec![0usize; classes.len()];
-        for ((path, class), face) in files.into_iter().zip(decoded) {
+        let mut cache = keep_decoded.then(|| Vec::with_capacity(files.len()));
+        for (file, face) in decoded.into_iter().enumerate() {
             match face {
                 Ok(face) => {
-                    images_per_class[class] += 1;
-                    samples.push(Sample {
-                        path,
-                        label: class as i64,
-                    });
                     if let Some(cache) = cache.as_mut() {
                         cache.push(face);
                     }
@@ -202,6 +325,10 @@ impl FolderDataset {
                 Err(error) if config.skip_bad => {
                     tracing::warn!("skipping unreadable image: {error:#}");
                     skipped_images += 1;
+                    unreadable[file] = true;
+                    if let Some(cache) = cache.as_mut() {
+                        cache.push(RgbImage::new(1, 1));
+                    }
                 }
                 Err(error) => {
                     return Err(error.context("unreadable training image (pass --skip-bad to skip such images)"));
@@ -209,7 +336,15 @@ impl FolderDataset {
             }
         }
 
-        // Identities whose every image was skipped get no class, so labels stay contiguous.
+        // Identities left without images get no class, so labels stay contiguous.
+        let mut images_per_class = vec![0usize; classes.len()];
+        let usable: Vec<(Location, usize)> = labelled
+            .into_iter()
+            .filter(|(location, _)| !matches!(location, Location::File(file) if unreadable[*file as usize]))
+            .collect();
+        for &(_, class) in &usable {
+            images_per_class[class] += 1;
+        }
         let mut remap = vec![-1i64; classes.len()];
         let mut kept_classes = Vec::new();
         for (class, name) in classes.into_iter().enumerate() {
@@ -220,9 +355,13 @@ impl FolderDataset {
                 skipped_identities += 1;
             }
         }
-        for sample in &mut samples {
-            sample.label = remap[sample.label as usize];
-        }
+        let samples: Vec<Sample> = usable
+            .into_iter()
+            .map(|(location, class)| Sample {
+                location,
+                label: remap[class],
+            })
+            .collect();
         if kept_classes.len() < 2 {
             bail!(
                 "training needs at least two identities; the sources give {}",
@@ -232,9 +371,13 @@ impl FolderDataset {
         Ok(Self {
             samples,
             classes: kept_classes,
+            files,
+            records,
             cache,
             skipped_images,
             skipped_identities,
+            skip_bad: config.skip_bad,
+            skipped_while_training: AtomicUsize::new(0),
         })
     }
 
@@ -247,6 +390,25 @@ impl FolderDataset {
         let mut sizes: Vec<usize> = counts.into_values().collect();
         sizes.sort_unstable();
         (sizes[0], sizes[sizes.len() / 2], sizes[sizes.len() - 1])
+    }
+
+    /// The 112×112 face of sample `index`.
+    pub fn load(&self, index: usize) -> Result<RgbImage> {
+        match self.samples[index].location {
+            Location::File(file) => match &self.cache {
+                Some(cache) => Ok(cache[file as usize].clone()),
+                None => load_face(&self.files[file as usize]),
+            },
+            Location::Record { file, offset, key } => {
+                let reader = &self.records[file as usize];
+                let context = || format!("{}, record {key} (byte {offset})", reader.path().display());
+                let payload = reader.read(offset).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+                let (_, image) =
+                    ImageHeader::decode(&payload).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+                let image = preprocess::decode(image).with_context(context)?;
+                Ok(preprocess::resize_to_input(&image))
+            }
+        }
     }
 }
 
@@ -289,7 +451,7 @@ impl Loader {
     /// Starts producing batches from `start_epoch`, batch `start_index`, up to `epochs`.
     /// The last incomplete batch of each epoch is dropped, as the reference does.
     pub fn start(
-        dataset: Arc<FolderDataset>,
+        dataset: Arc<TrainingSet>,
         config: &DataConfig,
         seed: u64,
         epochs: usize,
@@ -339,7 +501,7 @@ impl Drop for Loader {
 
 #[allow(clippy::too_many_arguments)]
 fn produce(
-    dataset: &FolderDataset,
+    dataset: &TrainingSet,
     pool: &rayon::ThreadPool,
     sender: &SyncSender<Result<Batch>>,
     seed: u64,
@@ -355,35 +517,57 @@ fn produce(
         let first = if epoch == start.0 { start.1 } else { 0 };
         for index in first..batches_per_epoch {
             let positions = index * batch_size..(index + 1) * batch_size;
-            let batch = pool.install(|| {
-                let faces: Result<Vec<Vec<f32>>> = positions
+            let faces: Vec<Result<Option<Vec<f32>>>> = pool.install(|| {
+                positions
                     .clone()
                     .into_par_iter()
                     .map(|position| {
-                        let sample = order[position];
-                        let mut face = match &dataset.cache {
-                            Some(cache) => preprocess::normalize(&cache[sample]),
-                            None => preprocess::normalize(&load_face(&dataset.samples[sample].path)?),
+                        let face = match dataset.load(order[position]) {
+                            Ok(face) => face,
+                            Err(error) if dataset.skip_bad => {
+                                tracing::warn!("skipping unreadable training image: {error:#}");
+                                dataset.skipped_while_training.fetch_add(1, Ordering::Relaxed);
+                                return Ok(None);
+                            }
+                            Err(error) => {
+                                return Err(error.context(
+                                    "unreadable training image (pass --skip-bad to skip such images)",
+                                ));
+                            }
                         };
+                        let mut face = preprocess::normalize(&face);
                         if random_flip && flips[position] {
                             preprocess::flip_horizontal(&mut face, 3, 112, 112);
                         }
-                        Ok(face)
+                        Ok(Some(face))
                     })
-                    .collect();
-                faces.map(|faces| {
-                    let mut flat = Vec::with_capacity(batch_size * FACE_LEN);
-                    faces.iter().for_each(|f| flat.extend_from_slice(f));
-                    flat
-                })
+                    .collect()
             });
-            let labels = positions.map(|p| dataset.samples[order[p]].label).collect();
-            let message = batch.map(|faces| Batch {
-                faces,
-                labels,
-                epoch,
-                index,
-            });
+            let mut flat = Vec::with_capacity(batch_size * FACE_LEN);
+            let mut labels = Vec::with_capacity(batch_size);
+            let mut failure = None;
+            for (position, face) in positions.zip(faces) {
+                match face {
+                    Ok(Some(face)) => {
+                        flat.extend_from_slice(&face);
+                        labels.push(dataset.samples[order[position]].label);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            let message = match failure {
+                Some(error) => Err(error),
+                None => Ok(Batch {
+                    faces: flat,
+                    labels,
+                    epoch,
+                    index,
+                }),
+            };
             if sender.send(message).is_err() {
                 return;
             }

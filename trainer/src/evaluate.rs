@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::config::{EvalConfig, Protocol};
 use crate::data::load_face;
+use crate::verification_bin;
 
 /// Reads a pair list: CSV when the file ends in `.csv`, the LFW `pairs.txt` format otherwise.
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
@@ -124,6 +125,90 @@ impl PairFaces {
     }
 }
 
+impl PairFaces {
+    /// The pairs of a `.bin` verification set: image 2k and 2k + 1 form pair k. Pairs are put in
+    /// ten contiguous folds, as the InsightFace protocol splits them. An image that does not
+    /// decode is an error naming its index, unless `skip_bad` drops its pair.
+    pub fn from_bin(path: &Path, skip_bad: bool) -> Result<Self> {
+        let set = verification_bin::read(path)?;
+        let pair_count = set.same.len();
+        let decoded: Vec<Result<RgbImage>> = set
+            .images
+            .par_iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let image = preprocess::decode(bytes)
+                    .with_context(|| format!("{} image {index}", path.display()))?;
+                Ok(preprocess::resize_to_input(&image))
+            })
+            .collect();
+        let mut faces = Vec::with_capacity(decoded.len());
+        let mut bad = Vec::new();
+        for (index, face) in decoded.into_iter().enumerate() {
+            match face {
+                Ok(face) => faces.push(face),
+                Err(error) => {
+                    faces.push(RgbImage::new(1, 1));
+                    bad.push((index, error));
+                }
+            }
+        }
+        let mut drop_pair = vec![false; pair_count];
+        for (index, error) in bad {
+            if !skip_bad {
+                return Err(error.context(format!("pair {} (pass --skip-bad to drop such pairs)", index / 2 + 1)));
+            }
+            drop_pair[index / 2] = true;
+        }
+        let mut pairs = Vec::new();
+        let mut pair_index = Vec::new();
+        let folds = verify::contiguous_folds(pair_count, BIN_FOLDS.min(pair_count));
+        for (fold, range) in folds.into_iter().enumerate() {
+            for pair in range {
+                if drop_pair[pair] {
+                    continue;
+                }
+                pairs.push(Pair {
+                    fold: fold + 1,
+                    first: format!("image {}", 2 * pair),
+                    second: format!("image {}", 2 * pair + 1),
+                    same: set.same[pair],
+                });
+                pair_index.push((2 * pair, 2 * pair + 1));
+            }
+        }
+        let skipped = drop_pair.iter().filter(|&&d| d).count();
+        if skipped > 0 {
+            tracing::warn!("skipped {skipped} pairs of {} with unreadable images", path.display());
+        }
+        Ok(Self {
+            pairs,
+            faces,
+            pair_index,
+        })
+    }
+
+    /// A pair list and its images, or a `.bin` verification set when `pairs` ends in `.bin`
+    /// (then `root` is not used).
+    pub fn open(root: &Path, pairs: &Path, folds: Option<&[usize]>, skip_bad: bool) -> Result<Self> {
+        if pairs.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin")) {
+            let mut faces = Self::from_bin(pairs, skip_bad)?;
+            if let Some(folds) = folds {
+                let kept: Vec<usize> =
+                    (0..faces.pairs.len()).filter(|&i| folds.contains(&faces.pairs[i].fold)).collect();
+                faces.pairs = kept.iter().map(|&i| faces.pairs[i].clone()).collect();
+                faces.pair_index = kept.iter().map(|&i| faces.pair_index[i]).collect();
+            }
+            Ok(faces)
+        } else {
+            Self::load(root, pairs, folds, skip_bad)
+        }
+    }
+}
+
+/// The InsightFace protocol's number of folds, into which `.bin` pairs are split.
+const BIN_FOLDS: usize = 10;
+
 /// Flip-summed unit embeddings of `faces`, `batch_size` faces (and their mirrors) per pass.
 /// `backbone` must be in inference mode on a device without autodiff.
 pub fn embed_faces(
@@ -162,7 +247,7 @@ pub fn embed_faces(
 }
 
 /// What one evaluation found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct EvalReport {
     /// Protocol, in words.
     pub protocol: String,
@@ -178,6 +263,21 @@ pub struct EvalReport {
     pub fold_accuracies: Vec<f64>,
     /// TAR at the configured FARs, on the evaluated pairs.
     pub tar_at_far: Vec<TarAtFar>,
+    /// Fraction of different-identity test pairs accepted at the chosen threshold(s) (the mean
+    /// over folds for k-fold); none without such pairs.
+    #[serde(default)]
+    pub false_accept_rate: Option<f64>,
+}
+
+/// TAR at each FAR, or nothing when the pairs are all of one kind (some published sets, such as
+/// InsightFace's small test `.bin`, hold only same pairs), where a ROC is not defined.
+fn tar_at_far_if_defined(distances: &[f32], same: &[bool], fars: &[f64]) -> Vec<TarAtFar> {
+    let genuine = same.iter().filter(|&&s| s).count();
+    if genuine == 0 || genuine == same.len() {
+        tracing::warn!("the pairs are all of one kind; TAR at FAR is left out");
+        return Vec::new();
+    }
+    verify::tar_at_far(distances, same, fars).expect("both kinds of pair are present")
 }
 
 /// Runs `protocol` on the pair distances.
@@ -190,15 +290,41 @@ pub fn run_protocol(
     let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
     match protocol {
         Protocol::Kfold { folds } => {
-            let report = verify::kfold_accuracy(distances, &same, *folds)?;
+            if *folds < 2 || distances.len() < *folds {
+                bail!("{folds} folds need at least {folds} pairs and at least 2 folds; got {} pairs", distances.len());
+            }
+            // A pair list that numbers its folds in order keeps them, so pairs dropped with
+            // --skip-bad do not shift the other pairs into neighbouring folds; otherwise (and
+            // identically when nothing was dropped from equal folds) contiguous folds are cut.
+            let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+            for (index, pair) in pairs.iter().enumerate() {
+                match ranges.last_mut() {
+                    Some(range) if pairs[range.start].fold == pair.fold => range.end = index + 1,
+                    _ => ranges.push(index..index + 1),
+                }
+            }
+            if ranges.len() != *folds {
+                ranges = verify::contiguous_folds(distances.len(), *folds);
+            }
+            let report = verify::kfold_accuracy_over(distances, &same, &ranges)?;
+            let fold_rates: Option<Vec<f64>> = ranges
+                .into_iter()
+                .zip(&report.fold_thresholds)
+                .map(|(range, &threshold)| {
+                    verify::false_accept_rate(threshold, &distances[range.clone()], &same[range])
+                })
+                .collect();
+            let false_accept_rate =
+                fold_rates.map(|rates| rates.iter().sum::<f64>() / rates.len() as f64);
             Ok(EvalReport {
+                false_accept_rate,
                 protocol: format!("{folds}-fold, threshold on the other folds"),
                 pairs: pairs.len(),
                 accuracy: report.mean,
                 std: report.std,
                 thresholds: report.fold_thresholds,
                 fold_accuracies: report.fold_accuracies,
-                tar_at_far: verify::tar_at_far(distances, &same, fars)?,
+                tar_at_far: tar_at_far_if_defined(distances, &same, fars),
             })
         }
         Protocol::Split {
@@ -226,6 +352,11 @@ pub fn run_protocol(
             let report =
                 verify::split_accuracy(&tune_distances, &tune_same, &test_distances, &test_same)?;
             Ok(EvalReport {
+                false_accept_rate: verify::false_accept_rate(
+                    report.threshold,
+                    &test_distances,
+                    &test_same,
+                ),
                 protocol: format!(
                     "threshold on folds {tune_folds:?}, accuracy on folds {test_folds:?}"
                 ),
@@ -234,7 +365,7 @@ pub fn run_protocol(
                 std: 0.0,
                 thresholds: vec![report.threshold],
                 fold_accuracies: Vec::new(),
-                tar_at_far: verify::tar_at_far(&test_distances, &test_same, fars)?,
+                tar_at_far: tar_at_far_if_defined(&test_distances, &test_same, fars),
             })
         }
     }
@@ -267,7 +398,7 @@ impl Evaluator {
                 test_folds,
             } => Some(tune_folds.iter().chain(test_folds).copied().collect()),
         };
-        let faces = PairFaces::load(&config.root, &config.pairs, folds.as_deref(), skip_bad)?;
+        let faces = PairFaces::open(&config.root, &config.pairs, folds.as_deref(), skip_bad)?;
         Ok(Self {
             config: config.clone(),
             faces,
@@ -310,6 +441,9 @@ pub fn print_report(name: &str, report: &EvalReport) {
     println!("  accuracy   {:.2} % ± {:.2}", 100.0 * report.accuracy, 100.0 * report.std);
     let thresholds: Vec<String> = report.thresholds.iter().map(|t| format!("{t:.2}")).collect();
     println!("  threshold  {}", thresholds.join(" "));
+    if let Some(rate) = report.false_accept_rate {
+        println!("  FAR        {:.2} % of different-identity pairs accepted at the threshold", 100.0 * rate);
+    }
     if !report.fold_accuracies.is_empty() {
         let folds: Vec<String> =
             report.fold_accuracies.iter().map(|a| format!("{:.1}", 100.0 * a)).collect();

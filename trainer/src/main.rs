@@ -7,8 +7,12 @@ mod checkpoint;
 mod config;
 mod data;
 mod evaluate;
+mod export;
+mod ijb;
 mod plot;
+mod recordio;
 mod train;
+mod verification_bin;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -35,9 +39,83 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a trained model (or raw pixels) on a verification pair list.
     Eval(EvalArgs),
+    /// IJB-B / IJB-C 1:1 verification (TAR at FAR 1e-6 … 1e-1) from the release's meta files.
+    Ijb(IjbArgs),
+    /// Write a model file (safetensors weights with a model card) from a run or a PyTorch
+    /// iResNet checkpoint, for the browser app and other tools.
+    Export(ExportArgs),
+    /// Pack an image folder (one sub-folder per identity) into an MXNet RecordIO file.
+    Pack(PackArgs),
     /// Benchmarks: training step time, or the margin loss's kernels against tensor operations.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct IjbArgs {
+    /// A run folder written by `elasticface train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// The IJB release folder, holding `meta/` and `loose_crop/`.
+    #[arg(long)]
+    root: PathBuf,
+    /// Which set: the prefix of its meta files.
+    #[arg(long, value_parser = ["ijbb", "ijbc"])]
+    set: String,
+    /// Take the images as aligned crops and ignore the landmarks and faceness scores.
+    #[arg(long)]
+    no_landmarks: bool,
+    /// Backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Faces per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A run folder written by `elasticface train`.
+    #[arg(long, required_unless_present = "pytorch", conflicts_with = "pytorch")]
+    model: Option<PathBuf>,
+    /// A PyTorch iResNet state dict with the reference's key names (`backbone.pth`).
+    #[arg(long)]
+    pytorch: Option<PathBuf>,
+    /// The PyTorch checkpoint's network.
+    #[arg(long, default_value = "iresnet100")]
+    backbone: Architecture,
+    /// The PyTorch checkpoint's stage widths (the reference's 64,128,256,512 by default).
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    widths: Option<Vec<usize>>,
+    /// The PyTorch checkpoint's embedding size.
+    #[arg(long, default_value_t = 512)]
+    embedding_size: usize,
+    /// Verification threshold (squared L2 distance) to record instead of the run's own.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Store the weights as f16 (half the size).
+    #[arg(long)]
+    half: bool,
+    /// The model file to write.
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct PackArgs {
+    /// Folder with one sub-folder per identity.
+    folder: PathBuf,
+    /// The record file to write (its index goes beside it, as .idx).
+    output: PathBuf,
+    /// Leave out unreadable images, reporting their count.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 #[derive(Subcommand)]
@@ -156,15 +234,19 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// A run folder written by `elasticface train`.
+    /// A run folder written by `elasticface train`, or a model file of `elasticface export`.
     #[arg(long, required_unless_present = "raw_pixels")]
     model: Option<PathBuf>,
     /// Evaluate flattened, normalised pixels instead of a model (a baseline).
     #[arg(long)]
     raw_pixels: bool,
     /// Pair list: LFW pairs.txt format, or CSV with img1,img2,same[,fold].
-    #[arg(long)]
-    pairs: PathBuf,
+    #[arg(long, required_unless_present = "bin")]
+    pairs: Option<PathBuf>,
+    /// InsightFace `.bin` verification sets (lfw.bin, agedb_30.bin, cfp_fp.bin, ...), each
+    /// evaluated on its own.
+    #[arg(long, num_args = 1.., conflicts_with = "pairs")]
+    bin: Vec<PathBuf>,
     /// Folder the pair list's paths are relative to (default: the pair list's folder).
     #[arg(long)]
     root: Option<PathBuf>,
@@ -270,44 +352,51 @@ fn eval(args: EvalArgs) -> Result<()> {
             test_folds: args.test_folds.clone(),
         }
     };
-    let root = match args.root {
-        Some(root) => root,
-        None => args
-            .pairs
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| PathBuf::from(".")),
+    let sets: Vec<PathBuf> = match &args.pairs {
+        Some(pairs) => vec![pairs.clone()],
+        None => args.bin.clone(),
     };
-    let eval_config = EvalConfig {
-        root,
-        pairs: args.pairs.clone(),
-        every_steps: 0,
-        protocol,
-        batch_size: args.batch_size.max(1),
-        fars: args.fars.clone(),
-    };
-    let evaluator = evaluate::Evaluator::new(&eval_config, args.skip_bad)?;
 
-    let (name, report) = if args.raw_pixels {
-        let embeddings = evaluate::raw_pixel_embeddings(&evaluator.faces.faces);
-        ("raw pixels".to_string(), evaluator.evaluate_embeddings(&embeddings)?)
-    } else {
-        let run = args.model.expect("clap requires --model without --raw-pixels");
-        let Some(latest) = checkpoint::latest(&run)? else {
-            bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());
-        };
-        let state = checkpoint::read_state(&latest)?;
-        let chosen = backend::choose(args.backend)?;
-        tracing::info!("device: {}", chosen.description);
-        let model = checkpoint::load_model(&latest, &state, &chosen.device)?;
-        let backbone = burn::module::Module::valid(&model.backbone);
-        let report = evaluator.evaluate(&backbone, &chosen.device)?;
-        (format!("{} (step {})", run.display(), state.step), report)
+    // The network, loaded once for every set.
+    let network = match (&args.model, args.raw_pixels) {
+        (_, true) => None,
+        (Some(run), false) => Some(load_backbone(run, args.backend)?),
+        (None, false) => unreachable!("clap requires --model without --raw-pixels"),
     };
-    evaluate::print_report(&name, &report);
+
+    let mut reports = Vec::new();
+    for set in &sets {
+        let root = match &args.root {
+            Some(root) => root.clone(),
+            None => set.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from(".")),
+        };
+        let eval_config = EvalConfig {
+            root,
+            pairs: set.clone(),
+            every_steps: 0,
+            protocol: protocol.clone(),
+            batch_size: args.batch_size.max(1),
+            fars: args.fars.clone(),
+        };
+        let evaluator = evaluate::Evaluator::new(&eval_config, args.skip_bad)?;
+        let (name, report) = match &network {
+            None => {
+                let embeddings = evaluate::raw_pixel_embeddings(&evaluator.faces.faces);
+                ("raw pixels".to_string(), evaluator.evaluate_embeddings(&embeddings)?)
+            }
+            Some((name, backbone, device)) => (name.clone(), evaluator.evaluate(backbone, device)?),
+        };
+        evaluate::print_report(&format!("{name} on {}", set.display()), &report);
+        reports.push((set.display().to_string(), report));
+    }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let json = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0].1)?
+        } else {
+            let by_set: std::collections::BTreeMap<_, _> = reports.into_iter().collect();
+            serde_json::to_string_pretty(&by_set)?
+        };
+        std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -357,7 +446,14 @@ fn bench_head(args: BenchHeadArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &batch_size in &args.batch_sizes {
         for &classes in &args.classes {
-            let row = bench::head(&chosen, batch_size, classes, args.warmup, args.iterations)?;
+            let row = match bench::head(&chosen, batch_size, classes, args.warmup, args.iterations) {
+                Ok(row) => row,
+                Err(error) => {
+                    let reason = format!("{error:#}");
+                    println!("{batch_size:>6} {classes:>7}  skipped: {}", reason.lines().next().unwrap_or(""));
+                    continue;
+                }
+            };
             println!(
                 "{:>6} {:>7} {:>9.2}ms {:>9.2}ms {:>7.2}× {:>12.2} {:>12.2}",
                 row.batch_size,
@@ -375,6 +471,101 @@ fn bench_head(args: BenchHeadArgs) -> Result<()> {
     write_json(args.json.as_ref(), &rows)
 }
 
+/// The backbone of a run's latest checkpoint, in inference mode on the chosen device.
+fn load_backbone(
+    run: &std::path::Path,
+    choice: BackendChoice,
+) -> Result<(String, elasticface_core::backbone::Backbone, burn::tensor::Device)> {
+    let chosen = backend::choose(choice)?;
+    tracing::info!("device: {}", chosen.description);
+    if run.is_file() {
+        // A model file written by `elasticface export`.
+        let bytes = std::fs::read(run).with_context(|| format!("cannot read {}", run.display()))?;
+        let (backbone, _) = elasticface_core::export::import_backbone(&bytes, &chosen.device)
+            .with_context(|| format!("{}", run.display()))?;
+        return Ok((run.display().to_string(), burn::module::Module::valid(&backbone), chosen.device));
+    }
+    let Some(latest) = checkpoint::latest(run)? else {
+        bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());
+    };
+    let state = checkpoint::read_state(&latest)?;
+    let model = checkpoint::load_model(&latest, &state, &chosen.device)?;
+    let backbone = burn::module::Module::valid(&model.backbone);
+    Ok((format!("{} (step {})", run.display(), state.step), backbone, chosen.device))
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    if args.output.exists() && !args.force {
+        bail!("{} already exists; pass --force to replace it", args.output.display());
+    }
+    let device = burn::tensor::Device::flex();
+    let (backbone, card) = match (&args.model, &args.pytorch) {
+        (Some(run), _) => export::from_run(run, args.threshold, &device)?,
+        (None, Some(pth)) => {
+            let mut config = elasticface_core::backbone::BackboneConfig::new(args.backbone);
+            config.embedding_size = args.embedding_size;
+            if let Some(widths) = &args.widths {
+                config.widths = widths.as_slice().try_into().expect("clap takes four widths");
+            }
+            let backbone = export::load_pytorch_iresnet(pth, &config, &device)?;
+            let card = elasticface_core::export::ModelCard {
+                backbone: config,
+                threshold: args.threshold,
+                threshold_note: if args.threshold.is_some() { "set by hand at export".into() } else { String::new() },
+                trained_with: format!("imported from PyTorch checkpoint {}", pth.display()),
+                accuracy: None,
+                false_accept_rate: None,
+            };
+            (backbone, card)
+        }
+        (None, None) => unreachable!("clap requires --model or --pytorch"),
+    };
+    let bytes = elasticface_core::export::export_backbone(&backbone, &card, args.half)?;
+    let staging = args.output.with_extension("partial");
+    std::fs::write(&staging, &bytes).with_context(|| format!("cannot write {}", staging.display()))?;
+    std::fs::rename(&staging, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote {} ({:.1} MB, {} weights{})",
+        args.output.display(),
+        bytes.len() as f64 / 1e6,
+        if args.half { "f16" } else { "f32" },
+        match card.threshold {
+            Some(t) => format!(", threshold {t:.2}"),
+            None => String::new(),
+        }
+    );
+    Ok(())
+}
+
+fn ijb(args: IjbArgs) -> Result<()> {
+    let (name, backbone, device) = load_backbone(&args.model, args.backend)?;
+    let report = ijb::evaluate(
+        &args.root,
+        &args.set,
+        !args.no_landmarks,
+        &backbone,
+        &device,
+        args.batch_size.max(1),
+    )?;
+    ijb::print_report(&format!("{name} on {}", args.set.to_uppercase()), &report);
+    write_json(args.json.as_ref(), &report)
+}
+
+fn pack(args: PackArgs) -> Result<()> {
+    let summary = recordio::pack_folder(&args.folder, &args.output, args.skip_bad)?;
+    println!(
+        "packed {} images of {} identities into {} (index {})",
+        summary.images,
+        summary.identities,
+        args.output.display(),
+        recordio::index_path(&args.output).display()
+    );
+    if summary.skipped > 0 {
+        println!("skipped {} unreadable images", summary.skipped);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Logs go to stderr, so stdout carries only results (tables, summaries) for scripts.
     tracing_subscriber::fmt()
@@ -387,6 +578,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Ijb(args) => ijb(args),
+        Command::Export(args) => export(args),
+        Command::Pack(args) => pack(args),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args),
         Command::Bench(BenchCommand::Head(args)) => bench_head(args),
     };

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::backend;
 use crate::checkpoint::{self, TrainingState};
 use crate::config::{OptimizerConfig, TrainConfig};
-use crate::data::{FolderDataset, Loader};
+use crate::data::{Loader, TrainingSet};
 use crate::evaluate::{EvalReport, Evaluator};
 use crate::plot::{self, MetricRow};
 
@@ -36,6 +36,8 @@ pub struct RunSummary {
     pub images: usize,
     /// Training identities.
     pub identities: usize,
+    /// Images skipped as unreadable, while scanning and during training.
+    pub skipped_images: usize,
     /// Steps done.
     pub steps: usize,
     /// Wall time of training, evaluations included, in seconds.
@@ -159,8 +161,7 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     device.seed(config.seed);
     let train_device = device.clone().autodiff();
 
-    let keep_in_memory = true;
-    let dataset = Arc::new(FolderDataset::open(&config.data, keep_in_memory)?);
+    let dataset = Arc::new(TrainingSet::open(&config.data)?);
     let (smallest, median, largest) = dataset.identity_sizes();
     tracing::info!(
         "training set: {} images of {} identities (images per identity: min {smallest}, median \
@@ -301,6 +302,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         }
         let Some(batch) = loader.next() else { break };
         let batch = batch?;
+        if batch.labels.is_empty() {
+            // Every image of this batch was unreadable and skipped.
+            continue;
+        }
         let lr = config.schedule.lr_at(config.optimizer.lr, state.step, total_steps, steps_per_epoch);
 
         let faces = Tensor::<4>::from_data(
@@ -408,6 +413,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     }
     drop(loader);
     progress.finish();
+    let skipped_while_training = dataset.skipped_while_training.load(std::sync::atomic::Ordering::Relaxed);
+    if skipped_while_training > 0 {
+        tracing::warn!("skipped {skipped_while_training} unreadable training images during training");
+    }
 
     let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
     state.sampler = head.sampler.state();
@@ -443,6 +452,7 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         device: chosen.description,
         images: dataset.samples.len(),
         identities: dataset.classes.len(),
+        skipped_images: dataset.skipped_images + skipped_while_training,
         steps: state.step,
         wall_seconds: started.elapsed().as_secs_f64() + elapsed_before,
         images_per_second: (state.step * batch_size) as f64 / elapsed.max(1e-9),

@@ -156,10 +156,16 @@ pub struct IResNet {
 }
 
 impl IResNet {
-    /// A freshly initialised iResNet (convolutions N(0, 0.1), batch norms 1 and 0).
-    pub fn new(depth: IResNetDepth, embedding_size: usize, dropout: f64, device: &Device) -> Self {
-        let widths = [64, 128, 256, 512];
-        let mut input = 64;
+    /// A freshly initialised iResNet (convolutions N(0, 0.1), batch norms 1 and 0) whose four
+    /// stages have `widths` channels (the reference: 64, 128, 256, 512).
+    pub fn new(
+        depth: IResNetDepth,
+        widths: [usize; 4],
+        embedding_size: usize,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        let mut input = widths[0];
         let mut stages: Vec<Vec<IBasicBlock>> = Vec::with_capacity(4);
         for (&planes, &blocks) in widths.iter().zip(depth.blocks().iter()) {
             let mut stage = Vec::with_capacity(blocks);
@@ -179,16 +185,16 @@ impl IResNet {
         features.gamma = features.gamma.set_require_grad(false);
 
         Self {
-            conv1: conv(3, 64, 3, 1, device),
-            bn1: batch_norm(64, device),
-            prelu: Prelu::new(64, device),
+            conv1: conv(3, widths[0], 3, 1, device),
+            bn1: batch_norm(widths[0], device),
+            prelu: Prelu::new(widths[0], device),
             layer1,
             layer2,
             layer3,
             layer4,
-            bn2: batch_norm(512, device),
+            bn2: batch_norm(widths[3], device),
             dropout: DropoutConfig::new(dropout).init(),
-            fc: LinearConfig::new(512 * FINAL_MAP * FINAL_MAP, embedding_size).init(device),
+            fc: LinearConfig::new(widths[3] * FINAL_MAP * FINAL_MAP, embedding_size).init(device),
             features,
         }
     }

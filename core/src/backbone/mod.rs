@@ -80,19 +80,44 @@ pub struct BackboneConfig {
     /// Dropout before the iResNet's final linear layer (0 in the reference).
     #[serde(default)]
     pub dropout: f64,
+    /// Channels of the iResNet's four stages: the reference's 64, 128, 256, 512 unless set
+    /// (narrower ones give quick models and small test fixtures). Not used by MobileFaceNet.
+    #[serde(default = "reference_widths")]
+    pub widths: [usize; 4],
 }
 
 fn default_embedding_size() -> usize {
     512
 }
 
+fn reference_widths() -> [usize; 4] {
+    [64, 128, 256, 512]
+}
+
 impl BackboneConfig {
+    /// Refuses sizes no face model has (which would otherwise ask for absurd allocations when a
+    /// configuration comes from a damaged file): embeddings of 1 to 16 384 values, stage widths
+    /// of 1 to 8 192 channels, dropout in [0, 1).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=16_384).contains(&self.embedding_size) {
+            return Err(format!("embedding size {} is outside 1 ..= 16384", self.embedding_size));
+        }
+        if let Some(width) = self.widths.iter().find(|w| !(1..=8_192).contains(*w)) {
+            return Err(format!("stage width {width} is outside 1 ..= 8192"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} is outside [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
     /// The reference configuration of `architecture`.
     pub fn new(architecture: Architecture) -> Self {
         Self {
             architecture,
             embedding_size: default_embedding_size(),
             dropout: 0.0,
+            widths: reference_widths(),
         }
     }
 
@@ -110,6 +135,7 @@ impl BackboneConfig {
         };
         Backbone::IResNet(IResNet::new(
             depth,
+            self.widths,
             self.embedding_size,
             self.dropout,
             device,
