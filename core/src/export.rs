@@ -82,11 +82,17 @@ pub fn export_backbone(backbone: &Backbone, card: &ModelCard, half: bool) -> Res
 pub fn read_card(bytes: &[u8]) -> Result<ModelCard, ExportError> {
     let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| ExportError::NotSafetensors(e.to_string()))?;
-    let card = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|entries| entries.get(CARD_KEY))
-        .ok_or(ExportError::NoCard)?;
+    let entries = metadata.metadata().as_ref();
+    let card = entries.and_then(|entries| entries.get(CARD_KEY)).ok_or(ExportError::NoCard)?;
+    match entries.and_then(|entries| entries.get(FORMAT_KEY)) {
+        Some(format) if format == FORMAT => {}
+        Some(format) => {
+            return Err(ExportError::BadCard(format!(
+                "the file is in format {format}; this version reads {FORMAT} (a newer elasticface may read it)"
+            )));
+        }
+        None => return Err(ExportError::BadCard(format!("metadata key {FORMAT_KEY} is missing"))),
+    }
     serde_json::from_str(card).map_err(|e| ExportError::BadCard(e.to_string()))
 }
 
@@ -191,5 +197,12 @@ mod tests {
         let bytes = export_backbone(&backbone, &wider, false).unwrap();
         let error = import_backbone(&bytes, &device).err().unwrap().to_string();
         assert!(error.contains("iresnet18") && error.contains("layer4"), "{error}");
+
+        // A damaged card asking for a billion-value embedding is refused before any allocation.
+        let mut absurd = card.clone();
+        absurd.backbone.embedding_size = 1 << 30;
+        let bytes = export_backbone(&backbone, &absurd, false).unwrap();
+        let error = import_backbone(&bytes, &device).err().unwrap().to_string();
+        assert!(error.contains("embedding size 1073741824"), "{error}");
     }
 }

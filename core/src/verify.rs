@@ -122,34 +122,36 @@ pub fn parse_lfw_pairs(text: &str) -> Result<Vec<Pair>, VerifyError> {
 }
 
 /// Parses a CSV pair list with a header naming the columns `img1`, `img2`, `same` and
-/// optionally `fold` (every pair is in fold 1 without it). `same` is 0/1 or false/true.
+/// optionally `fold` (every pair is in fold 1 without it). `same` is 0/1 or false/true. Fields
+/// may be quoted as CSV allows (paths holding commas, for example).
 pub fn parse_pairs_csv(text: &str) -> Result<Vec<Pair>, VerifyError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or_else(|| VerifyError::PairLine {
-        line: 1,
-        reason: "empty pair list".into(),
-    })?;
-    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
-    let find = |name: &str| columns.iter().position(|c| *c == name);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let csv_error = |error: csv::Error| VerifyError::PairLine {
+        line: error.position().map_or(1, |p| p.line() as usize),
+        reason: error.to_string(),
+    };
+    let columns = reader.headers().map_err(csv_error)?.clone();
+    let find = |name: &str| columns.iter().position(|c| c == name);
     let (Some(first), Some(second), Some(same)) = (find("img1"), find("img2"), find("same")) else {
-        return Err(VerifyError::PairLine {
-            line: 1,
-            reason: format!("header {header:?} must name the columns img1, img2 and same"),
-        });
+        let reason = if columns.is_empty() {
+            "empty pair list".to_string()
+        } else {
+            format!("header {:?} must name the columns img1, img2 and same", columns.iter().collect::<Vec<_>>().join(","))
+        };
+        return Err(VerifyError::PairLine { line: 1, reason });
     };
     let fold = find("fold");
 
     let mut pairs = Vec::new();
-    for (index, line) in lines {
-        let line_number = index + 1;
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != columns.len() {
-            return Err(VerifyError::PairLine {
-                line: line_number,
-                reason: format!("expected {} fields, got {}", columns.len(), fields.len()),
-            });
+    for record in reader.records() {
+        let record = record.map_err(csv_error)?;
+        let line_number = record.position().map_or(0, |p| p.line() as usize);
+        if record.iter().all(str::is_empty) {
+            continue;
         }
-        let same = match fields[same] {
+        let same = match &record[same] {
             "1" | "true" | "True" => true,
             "0" | "false" | "False" => false,
             other => {
@@ -160,12 +162,12 @@ pub fn parse_pairs_csv(text: &str) -> Result<Vec<Pair>, VerifyError> {
             }
         };
         let fold = match fold {
-            Some(column) => match fields[column].parse::<usize>() {
+            Some(column) => match record[column].parse::<usize>() {
                 Ok(fold) if fold > 0 => fold,
                 _ => {
                     return Err(VerifyError::PairLine {
                         line: line_number,
-                        reason: format!("fold must be a positive number, got {:?}", fields[column]),
+                        reason: format!("fold must be a positive number, got {:?}", &record[column]),
                     });
                 }
             },
@@ -173,8 +175,8 @@ pub fn parse_pairs_csv(text: &str) -> Result<Vec<Pair>, VerifyError> {
         };
         pairs.push(Pair {
             fold,
-            first: fields[first].to_string(),
-            second: fields[second].to_string(),
+            first: record[first].to_string(),
+            second: record[second].to_string(),
             same,
         });
     }
@@ -549,6 +551,15 @@ mod tests {
         let bad = "1\t1\nA\t1\nA\t1\tB\t3\n";
         let error = parse_lfw_pairs(bad).unwrap_err();
         assert!(error.to_string().contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn csv_pairs_may_be_quoted_and_ragged_rows_are_named() {
+        let pairs = parse_pairs_csv("img1,img2,same\n\"a, b/1.jpg\",c.jpg,\"1\"\n").unwrap();
+        assert_eq!(pairs[0].first, "a, b/1.jpg");
+        assert!(pairs[0].same);
+        let error = parse_pairs_csv("img1,img2,same\nx.jpg,y.jpg,1\nx.jpg,y.jpg\n").unwrap_err().to_string();
+        assert!(error.contains("line 3"), "{error}");
     }
 
     #[test]

@@ -318,6 +318,39 @@ pub enum Protocol {
     },
 }
 
+impl Protocol {
+    /// Refuses a protocol that cannot be run or would report a biased number: fewer than two
+    /// folds, an empty fold list, or a fold used both to choose the threshold and to test it.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Protocol::Kfold { folds } if *folds < 2 => {
+                bail!("the k-fold protocol needs at least 2 folds, got {folds}")
+            }
+            Protocol::Kfold { .. } => Ok(()),
+            Protocol::Split { tune_folds, test_folds } => {
+                if tune_folds.is_empty() || test_folds.is_empty() {
+                    bail!("the split protocol needs tuning folds and test folds");
+                }
+                if let Some(fold) = tune_folds.iter().find(|f| test_folds.contains(f)) {
+                    bail!(
+                        "fold {fold} is both a tuning and a test fold; the test folds must be \
+                         unseen when the threshold is chosen"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Refuses false-accept rates outside [0, 1] (or not numbers) for TAR@FAR.
+pub fn check_fars(fars: &[f64]) -> Result<()> {
+    if let Some(far) = fars.iter().find(|f| !(0.0..=1.0).contains(*f)) {
+        bail!("false-accept rate {far} for TAR@FAR is not between 0 and 1");
+    }
+    Ok(())
+}
+
 impl Default for Protocol {
     fn default() -> Self {
         Protocol::Kfold { folds: 10 }
@@ -343,8 +376,12 @@ impl TrainConfig {
         for source in &self.data.sources {
             source.validate()?;
         }
-        if self.data.batch_size == 0 {
-            bail!("data.batch_size must be at least 1");
+        if self.data.batch_size < 2 {
+            bail!(
+                "data.batch_size is {}; it must be at least 2, since batch normalisation cannot \
+                 train on a single face",
+                self.data.batch_size
+            );
         }
         if self.train.epochs == 0 {
             bail!("train.epochs must be at least 1");
@@ -360,11 +397,8 @@ impl TrainConfig {
             if eval.batch_size == 0 {
                 bail!("eval.batch_size must be at least 1");
             }
-            if let Protocol::Kfold { folds } = eval.protocol
-                && folds < 2
-            {
-                bail!("eval.protocol.folds must be at least 2, got {folds}");
-            }
+            eval.protocol.check().context("eval.protocol")?;
+            check_fars(&eval.fars).context("eval.fars")?;
         }
         Ok(())
     }
@@ -442,5 +476,26 @@ epochs = 1
 "#;
         let error = toml::from_str::<TrainConfig>(text).unwrap_err().to_string();
         assert!(error.contains("batch_sise"), "{error}");
+    }
+
+    #[test]
+    fn settings_that_cannot_train_or_would_bias_the_evaluation_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/elastic-arc.toml");
+        let valid = TrainConfig::load(&path).unwrap();
+        let refused = |edit: &dyn Fn(&mut TrainConfig)| {
+            let mut config = valid.clone();
+            edit(&mut config);
+            format!("{:#}", config.validate().unwrap_err())
+        };
+        assert!(refused(&|c| c.data.batch_size = 1).contains("at least 2"));
+        let overlap = refused(&|c| {
+            c.eval.as_mut().unwrap().protocol = Protocol::Split { tune_folds: vec![9, 10], test_folds: vec![10] }
+        });
+        assert!(overlap.contains("fold 10 is both"), "{overlap}");
+        assert!(refused(&|c| c.eval.as_mut().unwrap().protocol = Protocol::Kfold { folds: 1 }).contains("2 folds"));
+        for far in [-0.1, 1.5, f64::NAN] {
+            let message = refused(&|c| c.eval.as_mut().unwrap().fars = vec![0.01, far]);
+            assert!(message.contains("eval.fars") && message.contains(&far.to_string()), "{message}");
+        }
     }
 }

@@ -304,6 +304,12 @@ pub fn run_protocol(
                 }
             }
             if ranges.len() != *folds {
+                if ranges.len() > 1 {
+                    tracing::warn!(
+                        "the pair list has {} folds; using {folds} contiguous folds as the protocol asks",
+                        ranges.len()
+                    );
+                }
                 ranges = verify::contiguous_folds(distances.len(), *folds);
             }
             let report = verify::kfold_accuracy_over(distances, &same, &ranges)?;

@@ -94,6 +94,9 @@ struct RunSummary {
 /// run's final evaluation (its split threshold, or the median of the k-fold thresholds) unless
 /// `threshold` is given.
 pub fn from_run(run: &Path, threshold: Option<f64>, device: &Device) -> Result<(Backbone, ModelCard)> {
+    if !run.exists() {
+        bail!("{} does not exist (expected a run folder of `elasticface train` or a model file)", run.display());
+    }
     let Some(latest) = checkpoint::latest(run)? else {
         bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());
     };

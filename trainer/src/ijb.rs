@@ -174,7 +174,9 @@ pub fn evaluate(
                 let photo = preprocess::decode(&bytes).with_context(|| format!("{}", path.display()))?;
                 match image.landmarks {
                     Some(points) => align::align_face(&photo, &points)
-                        .with_context(|| format!("{}: its five landmarks coincide", image.name)),
+                        .with_context(|| {
+                            format!("{}: its five landmarks in {name}_name_5pts_score.txt coincide or are not finite", image.name)
+                        }),
                     None => Ok(preprocess::resize_to_input(&photo)),
                 }
             })
@@ -191,7 +193,8 @@ pub fn evaluate(
     let templates: Vec<u64> = images.iter().map(|i| i.template).collect();
     let media: Vec<u64> = images.iter().map(|i| i.media).collect();
     let template_embeddings = ijb::template_embeddings(&features, &templates, &media)?;
-    let scores = ijb::pair_scores(&template_embeddings, &pairs)?;
+    let pairs_path = root.join("meta").join(format!("{name}_template_pair_label.txt"));
+    let scores = ijb::pair_scores(&template_embeddings, &pairs).with_context(|| format!("{}", pairs_path.display()))?;
     let curve = ijb::roc_curve(&scores, &same)?;
     let rows = ijb::tar_at_nearest_far(&curve, &IJB_FARS)
         .into_iter()

@@ -238,7 +238,7 @@ struct EvalArgs {
     #[arg(long, required_unless_present = "raw_pixels")]
     model: Option<PathBuf>,
     /// Evaluate flattened, normalised pixels instead of a model (a baseline).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     raw_pixels: bool,
     /// Pair list: LFW pairs.txt format, or CSV with img1,img2,same[,fold].
     #[arg(long, required_unless_present = "bin")]
@@ -352,6 +352,14 @@ fn eval(args: EvalArgs) -> Result<()> {
             test_folds: args.test_folds.clone(),
         }
     };
+    protocol.check()?;
+    config::check_fars(&args.fars).context("--fars")?;
+    if let Some(path) = &args.json
+        && let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !folder.is_dir()
+    {
+        bail!("cannot write {}: folder {} does not exist", path.display(), folder.display());
+    }
     let sets: Vec<PathBuf> = match &args.pairs {
         Some(pairs) => vec![pairs.clone()],
         None => args.bin.clone(),
@@ -484,6 +492,9 @@ fn load_backbone(
         let (backbone, _) = elasticface_core::export::import_backbone(&bytes, &chosen.device)
             .with_context(|| format!("{}", run.display()))?;
         return Ok((run.display().to_string(), burn::module::Module::valid(&backbone), chosen.device));
+    }
+    if !run.exists() {
+        bail!("{} does not exist (expected a run folder of `elasticface train` or a model file)", run.display());
     }
     let Some(latest) = checkpoint::latest(run)? else {
         bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());

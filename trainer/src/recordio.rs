@@ -167,6 +167,7 @@ pub fn read_index(path: &Path) -> Result<Vec<(u64, u64)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read record index {}", path.display()))?;
     let mut entries = Vec::new();
+    let mut first_line = std::collections::HashMap::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -183,6 +184,14 @@ pub fn read_index(path: &Path) -> Result<Vec<(u64, u64)>> {
                 number + 1
             );
         };
+        if let Some(previous) = first_line.insert(entry.0, number + 1) {
+            bail!(
+                "{} line {}: key {} is listed again (first on line {previous}); an index names each record once",
+                path.display(),
+                number + 1,
+                entry.0
+            );
+        }
         entries.push(entry);
     }
     if entries.is_empty() {
@@ -421,6 +430,13 @@ pub struct PackSummary {
 /// its image keys. Every image is decoded once first; an unreadable one stops the packing with
 /// its path unless `skip_bad`.
 pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSummary> {
+    if output.extension().is_some_and(|e| e == "idx") {
+        bail!(
+            "{}: the record file's index is written beside it with the extension .idx, so the record \
+             file itself needs another name (such as train.rec)",
+            output.display()
+        );
+    }
     let source = crate::config::SourceConfig::folder(root.to_path_buf());
     let (identities, _) = crate::data::scan_folder(root, &source, skip_bad)?;
     let files: Vec<(usize, &PathBuf)> = identities
@@ -581,6 +597,22 @@ mod tests {
         assert_eq!(reader.read(index[0].1).unwrap(), b"plain");
         assert_eq!(reader.read(index[1].1).unwrap(), payload);
         assert_eq!(reader.read(index[2].1).unwrap(), b"");
+    }
+
+    #[test]
+    fn an_index_listing_a_key_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.idx");
+        std::fs::write(&path, "0\t0\n1\t40\n2\t96\n1\t40\n").unwrap();
+        let error = read_index(&path).unwrap_err().to_string();
+        assert!(error.contains("line 4") && error.contains("key 1") && error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn pack_refuses_a_record_name_its_index_would_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = pack_folder(dir.path(), &dir.path().join("faces.idx"), false).unwrap_err().to_string();
+        assert!(error.contains("faces.idx") && error.contains(".rec"), "{error}");
     }
 
     #[test]

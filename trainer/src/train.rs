@@ -302,8 +302,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         }
         let Some(batch) = loader.next() else { break };
         let batch = batch?;
-        if batch.labels.is_empty() {
-            // Every image of this batch was unreadable and skipped.
+        if batch.labels.len() < 2 {
+            // All but at most one image of this batch were unreadable and skipped; batch
+            // normalisation cannot train on a single face.
+            tracing::warn!("skipping batch {} of epoch {}: fewer than two readable faces", batch.index, batch.epoch);
             continue;
         }
         let lr = config.schedule.lr_at(config.optimizer.lr, state.step, total_steps, steps_per_epoch);
