@@ -404,7 +404,8 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
             window_images = 0;
         }
 
-        if state.step % config.train.checkpoint_every.max(1) == 0 {
+        // The last step's checkpoint is written once, after the loop.
+        if state.step % config.train.checkpoint_every.max(1) == 0 && state.step < total_steps {
             state.sampler = head.sampler.state();
             state.elapsed_seconds = elapsed;
             let path = checkpoint::save(output, &model, &optim, &state)?;
