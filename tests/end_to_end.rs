@@ -129,8 +129,17 @@ fn training_on_orl_lowers_the_loss_and_verifies_held_out_identities() {
     let dir = tempfile::tempdir().unwrap();
     let (identities, pairs) = orl_fixture(dir.path());
     let config = orl_config(dir.path(), &identities, &pairs, 8);
-    let output = elasticface(&["train", "--config", config.to_str().unwrap(), "--eval-untrained"]);
-    assert!(output.status.success(), "training failed:\n{}", stderr(&output));
+    let output = elasticface(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--eval-untrained",
+    ]);
+    assert!(
+        output.status.success(),
+        "training failed:\n{}",
+        stderr(&output)
+    );
 
     let run = dir.path().join("run");
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -145,15 +154,24 @@ fn training_on_orl_lowers_the_loss_and_verifies_held_out_identities() {
     assert!(losses.len() >= 4, "too few loss rows: {losses:?}");
     let first = losses[0];
     let last = *losses.last().unwrap();
-    assert!(last < 0.7 * first, "loss did not fall: {first} → {last} ({losses:?})");
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: {first} → {last} ({losses:?})"
+    );
 
     let summary = summary(&run);
     let trained = summary["final_eval"]["accuracy"].as_f64().unwrap();
     let untrained = summary["untrained_eval"]["accuracy"].as_f64().unwrap();
     // 900 balanced pairs: chance is 50 %, and one standard error of an accuracy near 80 % is
     // about 1.3 points, so 70 % is far outside what guessing can reach.
-    assert!(trained > 0.70, "held-out ORL accuracy {trained} (untrained {untrained})");
-    assert!(trained > untrained, "training did not help: {untrained} → {trained}");
+    assert!(
+        trained > 0.70,
+        "held-out ORL accuracy {trained} (untrained {untrained})"
+    );
+    assert!(
+        trained > untrained,
+        "training did not help: {untrained} → {trained}"
+    );
     assert!(run.join("curves.png").is_file());
 
     // The same run, evaluated again from its checkpoint by `eval`, gives the same accuracy.
@@ -175,12 +193,23 @@ fn training_on_orl_lowers_the_loss_and_verifies_held_out_identities() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let again = report["accuracy"].as_f64().unwrap();
-    assert!((again - trained).abs() < 1e-9, "eval {again} vs training's final {trained}");
+    assert!(
+        (again - trained).abs() < 1e-9,
+        "eval {again} vs training's final {trained}"
+    );
 
     // The same model on InsightFace's own small `.bin` (numpy layout): 10 pairs, ten folds.
     let small = shared_data().join("bins/small_lfw.bin");
     let report = eval_json(
-        &["eval", "--model", run.to_str().unwrap(), "--backend", "cpu", "--bin", small.to_str().unwrap()],
+        &[
+            "eval",
+            "--model",
+            run.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--bin",
+            small.to_str().unwrap(),
+        ],
         &dir.path().join("small.json"),
     );
     assert_eq!(report["pairs"], 10);
@@ -210,7 +239,13 @@ fn a_stopped_and_resumed_run_matches_an_uninterrupted_one() {
     let straight = dir.path().join("straight");
     let common = ["--log-every", "1"];
 
-    let output = elasticface(&[&["train", "--config", config, "--max-steps", "3"], &common[..]].concat());
+    let output = elasticface(
+        &[
+            &["train", "--config", config, "--max-steps", "3"],
+            &common[..],
+        ]
+        .concat(),
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(summary(&run)["steps"], 3);
 
@@ -219,7 +254,10 @@ fn a_stopped_and_resumed_run_matches_an_uninterrupted_one() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
 
-    let resumed = [&["train", "--config", config, "--max-steps", "6", "--resume"], &common[..]];
+    let resumed = [
+        &["train", "--config", config, "--max-steps", "6", "--resume"],
+        &common[..],
+    ];
     let output = elasticface(&resumed.concat());
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(summary(&run)["steps"], 6);
@@ -240,7 +278,10 @@ fn a_stopped_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(expected.len(), 6, "{expected:?}");
     assert_eq!(actual.len(), 6, "{actual:?}");
     for ((step, a), (_, b)) in actual.iter().zip(&expected) {
-        assert!((a - b).abs() <= 1e-4 * b.abs(), "step {step}: resumed {a}, uninterrupted {b}");
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "step {step}: resumed {a}, uninterrupted {b}"
+        );
     }
 }
 
@@ -285,17 +326,28 @@ fn a_corrupt_image_is_named_and_can_be_skipped() {
     let root = dir.path().join("faces");
     copy_orl_subject("s01", &root.join("a"));
     copy_orl_subject("s02", &root.join("b"));
-    std::fs::write(root.join("b/broken.jpg"), b"\xff\xd8\xff\xe0 this is not a JPEG").unwrap();
+    std::fs::write(
+        root.join("b/broken.jpg"),
+        b"\xff\xd8\xff\xe0 this is not a JPEG",
+    )
+    .unwrap();
     let config = tiny_config(dir.path(), &root);
 
     let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("broken.jpg") && message.contains("--skip-bad"), "{message}");
+    assert!(
+        message.contains("broken.jpg") && message.contains("--skip-bad"),
+        "{message}"
+    );
 
     let output = elasticface(&["train", "--config", config.to_str().unwrap(), "--skip-bad"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stderr(&output).contains("skipped 1 unreadable images"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("skipped 1 unreadable images"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -309,19 +361,29 @@ fn empty_identity_folders_and_single_identities_are_refused() {
     let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("empty") && message.contains("holds no images"), "{message}");
+    assert!(
+        message.contains("empty") && message.contains("holds no images"),
+        "{message}"
+    );
 
     let output = elasticface(&["train", "--config", config.to_str().unwrap(), "--skip-bad"]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("at least two identities"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("at least two identities"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn a_pair_list_naming_a_missing_image_is_refused_with_the_entry() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = dir.path().join("pairs.csv");
-    std::fs::write(&pairs, "img1,img2,same\ns01/01.pgm,s01/02.pgm,1\ns01/01.pgm,s99/01.pgm,0\n")
-        .unwrap();
+    std::fs::write(
+        &pairs,
+        "img1,img2,same\ns01/01.pgm,s01/02.pgm,1\ns01/01.pgm,s99/01.pgm,0\n",
+    )
+    .unwrap();
     let output = elasticface(&[
         "eval",
         "--raw-pixels",
@@ -334,7 +396,10 @@ fn a_pair_list_naming_a_missing_image_is_refused_with_the_entry() {
     ]);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("pair 2") && message.contains("s99/01.pgm"), "{message}");
+    assert!(
+        message.contains("pair 2") && message.contains("s99/01.pgm"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -363,7 +428,10 @@ fn raw_pixels_on_lfw_fold_ten_are_a_weak_baseline() {
         .unwrap_or_else(|| panic!("no accuracy line in:\n{text}"));
     // Pixels carry some identity signal on aligned LFW crops, but far from what a network
     // reaches: between chance and 75 %.
-    assert!((50.0..75.0).contains(&accuracy), "raw-pixel accuracy {accuracy}");
+    assert!(
+        (50.0..75.0).contains(&accuracy),
+        "raw-pixel accuracy {accuracy}"
+    );
 }
 
 /// `pairs.csv` cut to ten same and ten different pairs of each LFW fold, in the file's order.
@@ -373,7 +441,9 @@ fn lfw_pair_subset(dir: &Path) -> PathBuf {
     let mut taken = std::collections::HashMap::new();
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let count = taken.entry((fields[0].to_string(), fields[3].to_string())).or_insert(0);
+        let count = taken
+            .entry((fields[0].to_string(), fields[3].to_string()))
+            .or_insert(0);
         if *count < 10 {
             *count += 1;
             kept.push_str(&format!("{},{},{}\n", fields[1], fields[2], fields[3]));
@@ -386,7 +456,11 @@ fn lfw_pair_subset(dir: &Path) -> PathBuf {
 
 fn eval_json(args: &[&str], json: &Path) -> serde_json::Value {
     let output = elasticface(&[args, &["--json", json.to_str().unwrap()]].concat());
-    assert!(output.status.success(), "eval {args:?} failed:\n{}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "eval {args:?} failed:\n{}",
+        stderr(&output)
+    );
     serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
 }
 
@@ -396,7 +470,14 @@ fn bin_sets_in_all_three_layouts_score_as_the_folder_and_pair_list() {
     let pairs = lfw_pair_subset(dir.path());
     let lfw = shared_data().join("lfw150");
     let direct = eval_json(
-        &["eval", "--raw-pixels", "--pairs", pairs.to_str().unwrap(), "--root", lfw.to_str().unwrap()],
+        &[
+            "eval",
+            "--raw-pixels",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--root",
+            lfw.to_str().unwrap(),
+        ],
         &dir.path().join("direct.json"),
     );
     assert_eq!(direct["pairs"], 200);
@@ -404,18 +485,30 @@ fn bin_sets_in_all_three_layouts_score_as_the_folder_and_pair_list() {
     for layout in ["py2-str", "py3-bytes", "numpy"] {
         let bin = dir.path().join(format!("{layout}.bin"));
         let made = Command::new("python3")
-            .args([script.to_str().unwrap(), layout, pairs.to_str().unwrap(), lfw.to_str().unwrap()])
+            .args([
+                script.to_str().unwrap(),
+                layout,
+                pairs.to_str().unwrap(),
+                lfw.to_str().unwrap(),
+            ])
             .arg(&bin)
             .output()
             .expect("python3 runs (it writes the .bin fixtures)");
-        assert!(made.status.success(), "{layout}: {}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "{layout}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let from_bin = eval_json(
             &["eval", "--raw-pixels", "--bin", bin.to_str().unwrap()],
             &dir.path().join(format!("{layout}.json")),
         );
         assert_eq!(from_bin["pairs"], direct["pairs"], "{layout}");
         assert_eq!(from_bin["accuracy"], direct["accuracy"], "{layout}");
-        assert_eq!(from_bin["fold_accuracies"], direct["fold_accuracies"], "{layout}");
+        assert_eq!(
+            from_bin["fold_accuracies"], direct["fold_accuracies"],
+            "{layout}"
+        );
         assert_eq!(from_bin["thresholds"], direct["thresholds"], "{layout}");
     }
 }
@@ -428,7 +521,10 @@ fn a_bin_set_that_is_not_a_pickle_is_named() {
     let output = elasticface(&["eval", "--raw-pixels", "--bin", bin.to_str().unwrap()]);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("broken.bin") && message.contains("pickle"), "{message}");
+    assert!(
+        message.contains("broken.bin") && message.contains("pickle"),
+        "{message}"
+    );
 }
 
 /// A config training on `source` (a TOML source line) for `steps` steps of `batch_size` images,
@@ -470,13 +566,19 @@ fn a_packed_record_file_trains_exactly_as_its_folder() {
     let output = elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(printed.contains("packed 40 images of 4 identities"), "{printed}");
+    assert!(
+        printed.contains("packed 40 images of 4 identities"),
+        "{printed}"
+    );
     assert!(dir.path().join("train.idx").is_file());
 
     // Same images, labels and order: with the same seed every loss agrees.
     let folder_source = format!("[[data.sources]]\nroot = \"{}\"", faces.display());
     let record_source = format!("[[data.sources]]\nrecord = \"{}\"", record.display());
-    for (name, source) in [("from-folder", &folder_source), ("from-record", &record_source)] {
+    for (name, source) in [
+        ("from-folder", &folder_source),
+        ("from-record", &record_source),
+    ] {
         let config = source_config(dir.path(), name, source, 8, 3);
         let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
         assert!(output.status.success(), "{name}: {}", stderr(&output));
@@ -486,13 +588,20 @@ fn a_packed_record_file_trains_exactly_as_its_folder() {
     assert_eq!(folder.len(), 3);
     assert_eq!(record_losses.len(), 3);
     for ((step, a), (_, b)) in folder.iter().zip(&record_losses) {
-        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {step}: folder {a}, record file {b}");
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "step {step}: folder {a}, record file {b}"
+        );
     }
 
     // Packing over an existing file is refused.
     let output = elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("already exists"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("already exists"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -502,26 +611,48 @@ fn truncated_and_corrupt_record_files_are_named() {
     copy_orl_subject("s01", &faces.join("a"));
     copy_orl_subject("s02", &faces.join("b"));
     let record = dir.path().join("train.rec");
-    assert!(elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()]).status.success());
+    assert!(
+        elasticface(&["pack", faces.to_str().unwrap(), record.to_str().unwrap()])
+            .status
+            .success()
+    );
     let source = format!("[[data.sources]]\nrecord = \"{}\"", record.display());
     let config = source_config(dir.path(), "run", &source, 8, 1);
 
     // Cut the file in the middle of the last image record.
     let bytes = std::fs::read(&record).unwrap();
     let index = std::fs::read_to_string(dir.path().join("train.idx")).unwrap();
-    let last_image_offset: usize = index.lines().nth(20).unwrap().split('\t').nth(1).unwrap().parse().unwrap();
+    let last_image_offset: usize = index
+        .lines()
+        .nth(20)
+        .unwrap()
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     std::fs::write(&record, &bytes[..last_image_offset + 100]).unwrap();
     let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(
-        message.contains("train.rec") && message.contains("record 20") && message.contains(&format!("byte {last_image_offset}")),
+        message.contains("train.rec")
+            && message.contains("record 20")
+            && message.contains(&format!("byte {last_image_offset}")),
         "{message}"
     );
 
     // A record whose image bytes are not an image: named, or skipped and counted.
     let mut damaged = bytes.clone();
-    let first_image_offset: usize = index.lines().nth(1).unwrap().split('\t').nth(1).unwrap().parse().unwrap();
+    let first_image_offset: usize = index
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     for byte in &mut damaged[first_image_offset + 8 + 24..first_image_offset + 8 + 24 + 64] {
         *byte = 0;
     }
@@ -531,8 +662,18 @@ fn truncated_and_corrupt_record_files_are_named() {
     let output = elasticface(&["train", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("record 1 "), "{}", stderr(&output));
-    let output = elasticface(&["train", "--config", config.to_str().unwrap(), "--skip-bad", "--output",
-        dir.path().join("run3").to_str().unwrap()]);
+    let output = elasticface(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--skip-bad",
+        "--output",
+        dir.path().join("run3").to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stderr(&output).contains("skipped 1 unreadable training images"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("skipped 1 unreadable training images"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -33,7 +33,10 @@ pub struct Similarity {
 impl Similarity {
     /// Applies the transform to a point.
     pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
-        [self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty]
+        [
+            self.a * x - self.b * y + self.tx,
+            self.b * x + self.a * y + self.ty,
+        ]
     }
 
     /// The inverse transform, or `None` when the scale is zero.
@@ -67,7 +70,9 @@ pub fn estimate_similarity(from: &[[f64; 2]], to: &[[f64; 2]]) -> Option<Similar
     }
     let n = from.len() as f64;
     let mean = |points: &[[f64; 2]]| {
-        let (x, y) = points.iter().fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
+        let (x, y) = points
+            .iter()
+            .fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
         [x / n, y / n]
     };
     let (from_mean, to_mean) = (mean(from), mean(to));
@@ -122,11 +127,25 @@ pub fn warp(photo: &RgbImage, to_crop: &Similarity, size: u32) -> RgbImage {
         let (x0, y0) = (sx.floor(), sy.floor());
         let (fx, fy) = (sx - x0, sy - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
-        let corners = [pixel(x0, y0), pixel(x0 + 1, y0), pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1)];
-        let weights = [(1.0 - fx) * (1.0 - fy), fx * (1.0 - fy), (1.0 - fx) * fy, fx * fy];
+        let corners = [
+            pixel(x0, y0),
+            pixel(x0 + 1, y0),
+            pixel(x0, y0 + 1),
+            pixel(x0 + 1, y0 + 1),
+        ];
+        let weights = [
+            (1.0 - fx) * (1.0 - fy),
+            fx * (1.0 - fy),
+            (1.0 - fx) * fy,
+            fx * fy,
+        ];
         let mut out = [0u8; 3];
         for (channel, value) in out.iter_mut().enumerate() {
-            let blended: f64 = corners.iter().zip(weights).map(|(c, w)| c[channel] * w).sum();
+            let blended: f64 = corners
+                .iter()
+                .zip(weights)
+                .map(|(c, w)| c[channel] * w)
+                .sum();
             *value = blended.round().clamp(0.0, 255.0) as u8;
         }
         Rgb(out)
@@ -156,7 +175,12 @@ mod tests {
         let moved: Vec<[f64; 2]> = ARCFACE_TEMPLATE.iter().map(|&p| truth.apply(p)).collect();
         let found = estimate_similarity(&ARCFACE_TEMPLATE, &moved).unwrap();
         assert!((truth.a - 2.165_063_509).abs() < 1e-9 && (truth.b - 1.25).abs() < 1e-12);
-        for (value, expected) in [(found.a, truth.a), (found.b, truth.b), (found.tx, 40.0), (found.ty, -7.0)] {
+        for (value, expected) in [
+            (found.a, truth.a),
+            (found.b, truth.b),
+            (found.tx, 40.0),
+            (found.ty, -7.0),
+        ] {
             assert!((value - expected).abs() < 1e-9, "{found:?}");
         }
         assert!((found.scale() - 2.5).abs() < 1e-9);
@@ -170,9 +194,12 @@ mod tests {
     fn least_squares_averages_noisy_landmarks() {
         // Two points pulled apart symmetrically around their targets: the best scale is the
         // ratio of the spreads, here (2 + 2) / (1 + 1) = 2, with no rotation or shift.
-        let found = estimate_similarity(&[[-1.0, 0.0], [1.0, 0.0]], &[[-2.0, 0.0], [2.0, 0.0]]).unwrap();
+        let found =
+            estimate_similarity(&[[-1.0, 0.0], [1.0, 0.0]], &[[-2.0, 0.0], [2.0, 0.0]]).unwrap();
         assert_eq!((found.a, found.b, found.tx, found.ty), (2.0, 0.0, 0.0, 0.0));
-        assert!(estimate_similarity(&[[1.0, 1.0], [1.0, 1.0]], &[[0.0, 0.0], [1.0, 0.0]]).is_none());
+        assert!(
+            estimate_similarity(&[[1.0, 1.0], [1.0, 1.0]], &[[0.0, 0.0], [1.0, 0.0]]).is_none()
+        );
     }
 
     #[test]
@@ -180,7 +207,12 @@ mod tests {
         let mut photo = RgbImage::new(8, 8);
         photo.put_pixel(5, 3, Rgb([200, 100, 50]));
         // Crop = photo shifted left by 2 and up by 1: photo (5, 3) lands on crop (3, 2).
-        let shift = Similarity { a: 1.0, b: 0.0, tx: -2.0, ty: -1.0 };
+        let shift = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: -2.0,
+            ty: -1.0,
+        };
         let crop = warp(&photo, &shift, 8);
         assert_eq!(crop.get_pixel(3, 2).0, [200, 100, 50]);
         assert_eq!(crop.get_pixel(5, 3).0, [0, 0, 0]);
@@ -194,7 +226,12 @@ mod tests {
         photo.put_pixel(1, 0, Rgb([100, 0, 0]));
         photo.put_pixel(2, 0, Rgb([200, 0, 0]));
         // Crop x reads photo x + 1.5: crop 0 → between photo pixels 1 and 2.
-        let shift = Similarity { a: 1.0, b: 0.0, tx: -1.5, ty: 0.0 };
+        let shift = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: -1.5,
+            ty: 0.0,
+        };
         let crop = warp(&photo, &shift, 1);
         assert_eq!(crop.get_pixel(0, 0).0, [150, 0, 0]);
     }
@@ -208,7 +245,12 @@ mod tests {
         assert!(landmarks_to_template(&landmarks).is_none());
         // A shift of 10¹⁸ pixels lands outside any photo: black, and no integer overflow.
         let photo = RgbImage::from_pixel(4, 4, Rgb([200, 200, 200]));
-        let far = Similarity { a: 1.0, b: 0.0, tx: -1e18, ty: 0.0 };
+        let far = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: -1e18,
+            ty: 0.0,
+        };
         assert_eq!(warp(&photo, &far, 2).get_pixel(1, 1).0, [0, 0, 0]);
     }
 }

@@ -46,7 +46,10 @@ pub enum ExportError {
     #[error("not a safetensors model file: {0}")]
     NotSafetensors(String),
     /// A safetensors file without this project's model card.
-    #[error("the file has no elasticface model card (metadata key {CARD_KEY}); it was not written by `elasticface export`")]
+    #[error(
+        "the file has no elasticface model card (metadata key {CARD_KEY}); it was not written by \
+        `elasticface export`"
+    )]
     NoCard,
     /// A model card that cannot be read.
     #[error("unreadable model card: {0}")]
@@ -66,7 +69,11 @@ pub enum ExportError {
 
 /// The backbone's weights and its card as the bytes of a safetensors file; `half` stores the
 /// weights as f16.
-pub fn export_backbone(backbone: &Backbone, card: &ModelCard, half: bool) -> Result<Vec<u8>, ExportError> {
+pub fn export_backbone(
+    backbone: &Backbone,
+    card: &ModelCard,
+    half: bool,
+) -> Result<Vec<u8>, ExportError> {
     let card_json = serde_json::to_string(card).map_err(|e| ExportError::BadCard(e.to_string()))?;
     let mut store = SafetensorsStore::from_bytes(None)
         .metadata(FORMAT_KEY, FORMAT)
@@ -74,8 +81,12 @@ pub fn export_backbone(backbone: &Backbone, card: &ModelCard, half: bool) -> Res
     if half {
         store = store.with_to_adapter(FloatCastAdapter::to(DType::F16));
     }
-    backbone.save_into(&mut store).map_err(|e| ExportError::Store(e.to_string()))?;
-    store.get_bytes().map_err(|e| ExportError::Store(e.to_string()))
+    backbone
+        .save_into(&mut store)
+        .map_err(|e| ExportError::Store(e.to_string()))?;
+    store
+        .get_bytes()
+        .map_err(|e| ExportError::Store(e.to_string()))
 }
 
 /// Reads the model card of a model file without touching its weights.
@@ -83,21 +94,31 @@ pub fn read_card(bytes: &[u8]) -> Result<ModelCard, ExportError> {
     let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| ExportError::NotSafetensors(e.to_string()))?;
     let entries = metadata.metadata().as_ref();
-    let card = entries.and_then(|entries| entries.get(CARD_KEY)).ok_or(ExportError::NoCard)?;
+    let card = entries
+        .and_then(|entries| entries.get(CARD_KEY))
+        .ok_or(ExportError::NoCard)?;
     match entries.and_then(|entries| entries.get(FORMAT_KEY)) {
         Some(format) if format == FORMAT => {}
         Some(format) => {
             return Err(ExportError::BadCard(format!(
-                "the file is in format {format}; this version reads {FORMAT} (a newer elasticface may read it)"
+                "the file is in format {format}; this version reads {FORMAT} (a newer \
+                elasticface may read it)"
             )));
         }
-        None => return Err(ExportError::BadCard(format!("metadata key {FORMAT_KEY} is missing"))),
+        None => {
+            return Err(ExportError::BadCard(format!(
+                "metadata key {FORMAT_KEY} is missing"
+            )));
+        }
     }
     serde_json::from_str(card).map_err(|e| ExportError::BadCard(e.to_string()))
 }
 
 /// Rebuilds the backbone a model file describes on `device` and loads its weights (as f32).
-pub fn import_backbone(bytes: &[u8], device: &Device) -> Result<(Backbone, ModelCard), ExportError> {
+pub fn import_backbone(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(Backbone, ModelCard), ExportError> {
     let card = read_card(bytes)?;
     card.backbone.check().map_err(ExportError::BadCard)?;
     let mut backbone = card.backbone.init(device);
@@ -110,7 +131,11 @@ pub fn import_backbone(bytes: &[u8], device: &Device) -> Result<(Backbone, Model
         .map_err(|e| ExportError::Store(e.to_string()))?;
     let mut problems = Vec::new();
     if !result.missing.is_empty() {
-        let names: Vec<&str> = result.missing.iter().map(|(path, _)| path.as_str()).collect();
+        let names: Vec<&str> = result
+            .missing
+            .iter()
+            .map(|(path, _)| path.as_str())
+            .collect();
         problems.push(format!("missing {}", names.join(", ")));
     }
     if !result.unused.is_empty() {
@@ -152,9 +177,18 @@ mod tests {
     }
 
     fn embed(backbone: &Backbone, device: &Device) -> Vec<f32> {
-        let values: Vec<f32> = (0..3 * INPUT_SIZE * INPUT_SIZE).map(|i| ((i % 97) as f32 - 48.0) / 48.0).collect();
-        let faces = Tensor::<4>::from_data(TensorData::new(values, [1, 3, INPUT_SIZE, INPUT_SIZE]), device);
-        backbone.forward(faces).into_data().try_to_vec::<f32>().unwrap()
+        let values: Vec<f32> = (0..3 * INPUT_SIZE * INPUT_SIZE)
+            .map(|i| ((i % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let faces = Tensor::<4>::from_data(
+            TensorData::new(values, [1, 3, INPUT_SIZE, INPUT_SIZE]),
+            device,
+        );
+        backbone
+            .forward(faces)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -175,7 +209,12 @@ mod tests {
         let backbone = card.backbone.init(&device).valid();
         let full = export_backbone(&backbone, &card, false).unwrap();
         let half = export_backbone(&backbone, &card, true).unwrap();
-        assert!(half.len() * 10 < full.len() * 6, "{} vs {} bytes", half.len(), full.len());
+        assert!(
+            half.len() * 10 < full.len() * 6,
+            "{} vs {} bytes",
+            half.len(),
+            full.len()
+        );
         let (loaded, _) = import_backbone(&half, &device).unwrap();
         let (a, b) = (embed(&backbone, &device), embed(&loaded.valid(), &device));
         let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -188,7 +227,10 @@ mod tests {
     #[test]
     fn files_without_a_card_or_with_other_weights_are_refused() {
         let device = Device::flex();
-        assert!(matches!(import_backbone(b"not safetensors", &device), Err(ExportError::NotSafetensors(_))));
+        assert!(matches!(
+            import_backbone(b"not safetensors", &device),
+            Err(ExportError::NotSafetensors(_))
+        ));
 
         let card = small_card();
         let backbone = card.backbone.init(&device).valid();
@@ -196,7 +238,10 @@ mod tests {
         wider.backbone.widths = [8, 8, 16, 32];
         let bytes = export_backbone(&backbone, &wider, false).unwrap();
         let error = import_backbone(&bytes, &device).err().unwrap().to_string();
-        assert!(error.contains("iresnet18") && error.contains("layer4"), "{error}");
+        assert!(
+            error.contains("iresnet18") && error.contains("layer4"),
+            "{error}"
+        );
 
         // A damaged card asking for a billion-value embedding is refused before any allocation.
         let mut absurd = card.clone();

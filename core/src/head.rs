@@ -408,7 +408,10 @@ impl MarginSampler {
     /// Resumes a stream where `state` left it.
     pub fn from_state(state: &SamplerState) -> Result<Self, HeadError> {
         let word_pos: u128 = state.word_pos.parse().map_err(|_| {
-            HeadError::InvalidConfig(format!("sampler word_pos {:?} is not a number", state.word_pos))
+            HeadError::InvalidConfig(format!(
+                "sampler word_pos {:?} is not a number",
+                state.word_pos
+            ))
         })?;
         let mut sampler = Self::new(state.seed);
         sampler.rng.set_word_pos(word_pos);
@@ -544,7 +547,10 @@ pub fn margin_logits_tensor_ops(
     config: &HeadConfig,
 ) -> Tensor<2> {
     let [batch_size, num_classes] = cos_theta.dims();
-    let has_target: Tensor<2, Bool> = labels.clone().greater_equal_elem(0).reshape([batch_size, 1]);
+    let has_target: Tensor<2, Bool> = labels
+        .clone()
+        .greater_equal_elem(0)
+        .reshape([batch_size, 1]);
     let target_index = labels.clamp_min(0).reshape([batch_size, 1]);
     let cos_target = cos_theta.clone().gather(1, target_index.clone());
     let margins = margins.reshape([batch_size, 1]);
@@ -559,8 +565,8 @@ pub fn margin_logits_tensor_ops(
             // value √max(1 − cos²θ, 0) where the floor applies.
             let correction = (sin_floored.clone() - sin_squared.clamp_min(0.0).sqrt()).detach();
             let sin_target = sin_floored - correction;
-            let shifted = cos_target.clone() * margins.clone().cos()
-                - sin_target * margins.clone().sin();
+            let shifted =
+                cos_target.clone() * margins.clone().cos() - sin_target * margins.clone().sin();
             match config.overflow {
                 ThetaOverflow::None => shifted,
                 ThetaOverflow::Monotonic => {
@@ -636,15 +642,12 @@ pub fn margin_cross_entropy(
     config: &HeadConfig,
 ) -> Tensor<1> {
     #[cfg(feature = "wgpu")]
-    let (cos_theta, labels, margins) = match crate::kernel::softmax_cross_entropy_rows(
-        cos_theta,
-        labels.clone(),
-        margins,
-        config,
-    ) {
-        Ok(rows) => return mean_over_targets(rows.loss, labels),
-        Err(inputs) => inputs,
-    };
+    let (cos_theta, labels, margins) =
+        match crate::kernel::softmax_cross_entropy_rows(cos_theta, labels.clone(), margins, config)
+        {
+            Ok(rows) => return mean_over_targets(rows.loss, labels),
+            Err(inputs) => inputs,
+        };
     margin_cross_entropy_tensor_ops(cos_theta, labels, margins, config)
 }
 
@@ -711,10 +714,8 @@ impl MarginHead {
         validate_labels(labels, centers.num_classes())?;
         let device = embeddings.device();
         let cos_theta = centers.cos_theta(embeddings);
-        let labels_tensor = Tensor::<1, Int>::from_data(
-            TensorData::new(labels.to_vec(), [batch_size]),
-            &device,
-        );
+        let labels_tensor =
+            Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [batch_size]), &device);
 
         let cos_target = if self.config.kind.is_plus() {
             Some(read_target_cosines(&cos_theta, &labels_tensor))
@@ -794,7 +795,12 @@ mod tests {
         let device = device();
         let config = HeadConfig::new(HeadKind::ArcFace);
         let cos = cos_tensor(&[&[0.5, 0.2, -0.1]], &device);
-        let logits = margin_logits(cos, labels(&[0], &device), margins(&[0.5], &device), &config);
+        let logits = margin_logits(
+            cos,
+            labels(&[0], &device),
+            margins(&[0.5], &device),
+            &config,
+        );
         assert_close(&values(logits), &[64.0 * ARC_TARGET, 12.8, -6.4], 1e-4);
     }
 
@@ -803,7 +809,12 @@ mod tests {
         let device = device();
         let config = HeadConfig::new(HeadKind::CosFace);
         let cos = cos_tensor(&[&[0.2, 0.5]], &device);
-        let logits = margin_logits(cos, labels(&[1], &device), margins(&[0.35], &device), &config);
+        let logits = margin_logits(
+            cos,
+            labels(&[1], &device),
+            margins(&[0.35], &device),
+            &config,
+        );
         // 64·0.2 = 12.8 and 64·(0.5 − 0.35) = 9.6.
         assert_close(&values(logits), &[12.8, 9.6], 1e-5);
     }
@@ -814,7 +825,12 @@ mod tests {
         let mut config = HeadConfig::new(HeadKind::Softmax);
         config.scale = 10.0;
         let cos = cos_tensor(&[&[0.5, -0.25]], &device);
-        let logits = margin_logits(cos, labels(&[0], &device), margins(&[0.0], &device), &config);
+        let logits = margin_logits(
+            cos,
+            labels(&[0], &device),
+            margins(&[0.0], &device),
+            &config,
+        );
         assert_close(&values(logits), &[5.0, -2.5], 1e-6);
     }
 
@@ -824,8 +840,12 @@ mod tests {
         let mut config = HeadConfig::new(HeadKind::ElasticCos);
         config.scale = 1.0;
         let cos = cos_tensor(&[&[0.9, 0.1], &[0.3, 0.7]], &device);
-        let logits =
-            margin_logits(cos, labels(&[0, 1], &device), margins(&[0.3, 0.4], &device), &config);
+        let logits = margin_logits(
+            cos,
+            labels(&[0, 1], &device),
+            margins(&[0.3, 0.4], &device),
+            &config,
+        );
         assert_close(&values(logits), &[0.6, 0.1, 0.3, 0.3], 1e-6);
     }
 
@@ -841,14 +861,24 @@ mod tests {
         config.scale = 1.0;
         let run = |config: &HeadConfig| {
             let cos = cos_tensor(&[&[-0.95, 0.0]], &device);
-            values(margin_logits(cos, labels(&[0], &device), margins(&[0.5], &device), config))
+            values(margin_logits(
+                cos,
+                labels(&[0], &device),
+                margins(&[0.5], &device),
+                config,
+            ))
         };
         assert_close(&run(&config), &[-0.983_404_5, 0.0], 1e-5);
         config.overflow = ThetaOverflow::Monotonic;
         assert_close(&run(&config), &[-1.189_712_8, 0.0], 1e-5);
         // Inside the range, both policies agree with cos(θ + m).
         let cos = cos_tensor(&[&[0.5]], &device);
-        let logits = margin_logits(cos, labels(&[0], &device), margins(&[0.5], &device), &config);
+        let logits = margin_logits(
+            cos,
+            labels(&[0], &device),
+            margins(&[0.5], &device),
+            &config,
+        );
         assert_close(&values(logits), &[ARC_TARGET], 1e-4);
     }
 
@@ -867,16 +897,27 @@ mod tests {
         let device = device();
         let mut config = HeadConfig::new(HeadKind::CosFace);
         config.scale = 1.0;
-        let cos = cos_tensor(&[&[2.0, 0.0, 0.0], &[0.3, 0.2, 0.1], &[0.0, 1.0, 0.0]], &device);
+        let cos = cos_tensor(
+            &[&[2.0, 0.0, 0.0], &[0.3, 0.2, 0.1], &[0.0, 1.0, 0.0]],
+            &device,
+        );
         let rows = labels(&[0, -1, 2], &device);
         // Margin 0 keeps the valid rows' logits as given, to check the loss by hand.
-        let logits = margin_logits(cos, rows.clone(), margins(&[0.0, 0.35, 0.0], &device), &config);
+        let logits = margin_logits(
+            cos,
+            rows.clone(),
+            margins(&[0.0, 0.35, 0.0], &device),
+            &config,
+        );
         let logits_values = values(logits.clone());
         // The row with label −1 is untouched even though a margin was passed for it.
         assert_close(&logits_values[3..6], &[0.3, 0.2, 0.1], 1e-6);
         // Row 0: log(e² + 2) − 2 = 0.2395308; row 2: log(e + 2) − 0 = 1.5514448.
         let loss = cross_entropy(logits, rows).into_scalar::<f32>();
-        assert!((f64::from(loss) - (0.239_530_8 + 1.551_444_8) / 2.0).abs() < 1e-5, "{loss}");
+        assert!(
+            (f64::from(loss) - (0.239_530_8 + 1.551_444_8) / 2.0).abs() < 1e-5,
+            "{loss}"
+        );
     }
 
     #[test]
@@ -905,7 +946,10 @@ mod tests {
             let grad = cos.grad(&grads).expect("cos θ takes part in the loss");
             let grad = grad.into_data().try_to_vec::<f32>().unwrap();
             assert!(grad.iter().all(|g| g.is_finite()), "{overflow:?}: {grad:?}");
-            assert!(grad.iter().any(|g| *g != 0.0), "{overflow:?}: gradient vanished");
+            assert!(
+                grad.iter().any(|g| *g != 0.0),
+                "{overflow:?}: gradient vanished"
+            );
         }
     }
 
@@ -917,9 +961,19 @@ mod tests {
         let mut config = HeadConfig::new(HeadKind::ArcFace);
         config.scale = 1.0;
         let cos = cos_tensor(&[&[0.5]], &device).require_grad();
-        let logits = margin_logits(cos.clone(), labels(&[0], &device), margins(&[0.5], &device), &config);
+        let logits = margin_logits(
+            cos.clone(),
+            labels(&[0], &device),
+            margins(&[0.5], &device),
+            &config,
+        );
         let grads = logits.sum().backward();
-        let grad = cos.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let grad = cos
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert!((f64::from(grad[0]) - 1.154_379_6).abs() < 1e-4, "{grad:?}");
     }
 
@@ -942,10 +996,16 @@ mod tests {
         let first = a.batch_margins(&config, &labels, None);
         assert_eq!(first, b.batch_margins(&config, &labels, None));
         assert_eq!(first[2], 0.0, "no margin without a target");
-        assert_ne!(first, MarginSampler::new(8).batch_margins(&config, &labels, None));
+        assert_ne!(
+            first,
+            MarginSampler::new(8).batch_margins(&config, &labels, None)
+        );
 
         let mut resumed = MarginSampler::from_state(&a.state()).unwrap();
-        assert_eq!(a.batch_margins(&config, &labels, None), resumed.batch_margins(&config, &labels, None));
+        assert_eq!(
+            a.batch_margins(&config, &labels, None),
+            resumed.batch_margins(&config, &labels, None)
+        );
     }
 
     #[test]
@@ -980,22 +1040,39 @@ mod tests {
         };
         let embeddings = cos_tensor(&[&[1.0, 0.0], &[1.0, 0.0]], &device);
         let output = head.forward(&centers, embeddings, &[0, 1]).unwrap();
-        assert!(output.margins[1] >= output.margins[0], "{:?}", output.margins);
+        assert!(
+            output.margins[1] >= output.margins[0],
+            "{:?}",
+            output.margins
+        );
     }
 
     #[test]
     fn defaults_match_the_official_configuration() {
         assert_eq!(HeadKind::ElasticArc.reference_defaults(), (64.0, 0.5, 0.05));
-        assert_eq!(HeadKind::ElasticCos.reference_defaults(), (64.0, 0.35, 0.05));
-        assert_eq!(HeadKind::ElasticArcPlus.reference_defaults(), (64.0, 0.5, 0.0175));
-        assert_eq!(HeadKind::ElasticCosPlus.reference_defaults(), (64.0, 0.35, 0.02));
+        assert_eq!(
+            HeadKind::ElasticCos.reference_defaults(),
+            (64.0, 0.35, 0.05)
+        );
+        assert_eq!(
+            HeadKind::ElasticArcPlus.reference_defaults(),
+            (64.0, 0.5, 0.0175)
+        );
+        assert_eq!(
+            HeadKind::ElasticCosPlus.reference_defaults(),
+            (64.0, 0.35, 0.02)
+        );
     }
 
     #[test]
     fn bad_labels_are_errors_naming_the_row() {
         assert_eq!(
             validate_labels(&[0, 5], 5),
-            Err(HeadError::LabelOutOfRange { row: 1, label: 5, num_classes: 5 })
+            Err(HeadError::LabelOutOfRange {
+                row: 1,
+                label: 5,
+                num_classes: 5
+            })
         );
         assert!(validate_labels(&[-2], 5).is_err());
         assert!(validate_labels(&[-1, 4], 5).is_ok());

@@ -132,7 +132,8 @@ pub fn roc_curve(scores: &[f32], same: &[bool]) -> Result<Vec<RocPoint>, VerifyE
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
 
     // Cumulative counts at the last position of each distinct score.
-    let (mut true_accepts, mut false_accepts, mut thresholds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut true_accepts, mut false_accepts, mut thresholds) =
+        (Vec::new(), Vec::new(), Vec::new());
     let (mut tp, mut fp) = (0usize, 0usize);
     for (rank, &index) in order.iter().enumerate() {
         if same[index] {
@@ -140,7 +141,9 @@ pub fn roc_curve(scores: &[f32], same: &[bool]) -> Result<Vec<RocPoint>, VerifyE
         } else {
             fp += 1;
         }
-        let last_of_value = order.get(rank + 1).is_none_or(|&next| scores[next] != scores[index]);
+        let last_of_value = order
+            .get(rank + 1)
+            .is_none_or(|&next| scores[next] != scores[index]);
         if last_of_value {
             true_accepts.push(tp);
             false_accepts.push(fp);
@@ -152,7 +155,9 @@ pub fn roc_curve(scores: &[f32], same: &[bool]) -> Result<Vec<RocPoint>, VerifyE
     let count = thresholds.len();
     let bends = |values: &[usize], i: usize| values[i - 1] + values[i + 1] != 2 * values[i];
     let kept: Vec<usize> = (0..count)
-        .filter(|&i| i == 0 || i + 1 == count || bends(&true_accepts, i) || bends(&false_accepts, i))
+        .filter(|&i| {
+            i == 0 || i + 1 == count || bends(&true_accepts, i) || bends(&false_accepts, i)
+        })
         .collect();
 
     let mut curve = vec![RocPoint {
@@ -216,7 +221,9 @@ mod tests {
         assert!(close(embeddings[&3][0], 1.0));
 
         let scores = pair_scores(&embeddings, &[(1, 3), (1, 2), (2, 3)]).unwrap();
-        assert!(close(scores[0], 0.948_683_3) && close(scores[1], 0.316_227_8) && close(scores[2], 0.0));
+        assert!(
+            close(scores[0], 0.948_683_3) && close(scores[1], 0.316_227_8) && close(scores[2], 0.0)
+        );
         let error = pair_scores(&embeddings, &[(1, 9)]).unwrap_err();
         assert!(error.to_string().contains("template 9"), "{error}");
     }
@@ -238,7 +245,16 @@ mod tests {
         let same = [true, false, true, false, false];
         let curve = roc_curve(&scores, &same).unwrap();
         let points: Vec<(f64, f64)> = curve.iter().map(|p| (p.far, p.tar)).collect();
-        assert_eq!(points, vec![(0.0, 0.0), (0.0, 0.5), (1.0 / 3.0, 0.5), (1.0 / 3.0, 1.0), (1.0, 1.0)]);
+        assert_eq!(
+            points,
+            vec![
+                (0.0, 0.0),
+                (0.0, 0.5),
+                (1.0 / 3.0, 0.5),
+                (1.0 / 3.0, 1.0),
+                (1.0, 1.0)
+            ]
+        );
         assert_eq!(curve[0].threshold, f64::INFINITY);
         assert!((curve[3].threshold - 0.7).abs() < 1e-7);
 

@@ -98,7 +98,13 @@ impl MarginParams {
             ThetaOverflow::None => 0,
             ThetaOverflow::Monotonic => 1,
         };
-        [self.rows as u32, self.columns as u32, family, overflow, self.scale.to_bits()]
+        [
+            self.rows as u32,
+            self.columns as u32,
+            family,
+            overflow,
+            self.scale.to_bits(),
+        ]
     }
 
     /// Whether one launch can cover the problem: the grids stay within WebGPU's per-dimension
@@ -132,7 +138,13 @@ impl MarginParams {
 fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     let bytes = shape.num_elements() * std::mem::size_of::<f32>();
     let handle = like.client.empty(bytes);
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, DType::F32)
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
 }
 
 fn launch(kernel: Kernel, grid: CubeCount, tensors: &[&CubeTensor], params: &MarginParams) {
@@ -143,7 +155,10 @@ fn launch(kernel: Kernel, grid: CubeCount, tensors: &[&CubeTensor], params: &Mar
     let mut bindings: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
     bindings.push(params_handle.binding());
     client.launch(
-        Box::new(SourceKernel::new(WgslKernel(kernel), CubeDim::new_1d(WORKGROUP_SIZE))),
+        Box::new(SourceKernel::new(
+            WgslKernel(kernel),
+            CubeDim::new_1d(WORKGROUP_SIZE),
+        )),
         grid,
         KernelArguments::new().with_buffers(bindings),
     );
@@ -177,7 +192,13 @@ fn margin_logits_backward(inputs: &MarginInputs, logits_grad: CubeTensor) -> Cub
     launch(
         Kernel::MarginLogitsBackward,
         p.element_grid(),
-        &[&inputs.cos_theta, &inputs.labels, &inputs.margins, &logits_grad, &grad],
+        &[
+            &inputs.cos_theta,
+            &inputs.labels,
+            &inputs.margins,
+            &logits_grad,
+            &grad,
+        ],
         p,
     );
     grad
@@ -201,7 +222,14 @@ fn cross_entropy_forward(inputs: &MarginInputs) -> RowStatistics {
     launch(
         Kernel::SoftmaxCrossEntropy,
         p.row_grid(),
-        &[&inputs.cos_theta, &inputs.labels, &inputs.margins, &loss, &maximum, &log_sum],
+        &[
+            &inputs.cos_theta,
+            &inputs.labels,
+            &inputs.margins,
+            &loss,
+            &maximum,
+            &log_sum,
+        ],
         p,
     );
     RowStatistics {
@@ -223,7 +251,15 @@ fn cross_entropy_backward(
     launch(
         Kernel::SoftmaxCrossEntropyBackward,
         p.element_grid(),
-        &[&inputs.cos_theta, &inputs.labels, &inputs.margins, maximum, log_sum, &row_grad, &grad],
+        &[
+            &inputs.cos_theta,
+            &inputs.labels,
+            &inputs.margins,
+            maximum,
+            log_sum,
+            &row_grad,
+            &grad,
+        ],
         p,
     );
     grad
@@ -240,7 +276,10 @@ impl Backward<Cube, 1> for MarginLogitsBackward {
         let [cos_theta] = ops.parents;
         let logits_grad = grads.consume::<Cube>(&ops.node);
         if let Some(cos_theta) = cos_theta {
-            grads.register::<Cube>(cos_theta.id, margin_logits_backward(&ops.state, logits_grad));
+            grads.register::<Cube>(
+                cos_theta.id,
+                margin_logits_backward(&ops.state, logits_grad),
+            );
         }
     }
 }
@@ -298,7 +337,9 @@ fn to_wgpu(
 
     let (cos, cos_primitive) = if autodiff {
         match cos_theta.clone().try_into_primitive::<Autodiff<Cube>>() {
-            Ok(tracked) if is_wgpu(tracked.primitive()) && tracked.primitive().dtype == DType::F32 => {
+            Ok(tracked)
+                if is_wgpu(tracked.primitive()) && tracked.primitive().dtype == DType::F32 =>
+            {
                 let primitive = tracked.primitive().clone();
                 (WgpuCosTheta::Tracked(tracked), primitive)
             }
@@ -404,7 +445,11 @@ pub fn softmax_cross_entropy_rows(
     let plain = |tensor: CubeTensor| {
         let tensor = Tensor::<1>::from_primitive::<Cube>(tensor);
         // On an autodiff device the statistics join it as constants.
-        if tracked { Tensor::from_inner(tensor) } else { tensor }
+        if tracked {
+            Tensor::from_inner(tensor)
+        } else {
+            tensor
+        }
     };
     let maximum = plain(rows.maximum.clone());
     let log_sum_exp = maximum.clone() + plain(rows.log_sum.clone());
@@ -463,10 +508,17 @@ mod tests {
     /// around 0.5 (wide enough to cross θ + m = π on some rows).
     fn random_case(rows: usize, columns: usize, seed: u64) -> Case {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut cos_theta: Vec<f32> =
-            (0..rows * columns).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
+        let mut cos_theta: Vec<f32> = (0..rows * columns)
+            .map(|_| rng.random_range(-1.0f32..=1.0))
+            .collect();
         let labels: Vec<i64> = (0..rows)
-            .map(|row| if row % 5 == 3 { -1 } else { rng.random_range(0..columns as i64) })
+            .map(|row| {
+                if row % 5 == 3 {
+                    -1
+                } else {
+                    rng.random_range(0..columns as i64)
+                }
+            })
             .collect();
         for (row, &label) in labels.iter().enumerate() {
             if label >= 0 && row % 4 == 1 {
@@ -495,12 +547,20 @@ mod tests {
     }
 
     fn read<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-        tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        tensor
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
     }
 
     fn configs() -> Vec<HeadConfig> {
         let mut configs = Vec::new();
-        for kind in [HeadKind::Softmax, HeadKind::ElasticArc, HeadKind::ElasticCos] {
+        for kind in [
+            HeadKind::Softmax,
+            HeadKind::ElasticArc,
+            HeadKind::ElasticCos,
+        ] {
             configs.push(HeadConfig::new(kind));
         }
         let mut monotonic = HeadConfig::new(HeadKind::ArcFace);
@@ -537,13 +597,21 @@ mod tests {
         let cos_theta = cos_theta.require_grad();
         let value = loss(cos_theta.clone(), labels, margins, config);
         let grads = value.backward();
-        let gradient = cos_theta.grad(&grads).expect("cos θ takes part in the loss");
+        let gradient = cos_theta
+            .grad(&grads)
+            .expect("cos θ takes part in the loss");
         (value.into_scalar::<f32>(), read(gradient))
     }
 
     fn check_loss_and_gradient(case: &Case) {
         for config in configs() {
-            let name = format!("{} {:?} B={} C={}", config.kind.name(), config.overflow, case.rows, case.columns);
+            let name = format!(
+                "{} {:?} B={} C={}",
+                config.kind.name(),
+                config.overflow,
+                case.rows,
+                case.columns
+            );
             let (kernel_loss, kernel_gradient) =
                 loss_and_gradient(case, &config, head::margin_cross_entropy);
             let (reference_loss, reference_gradient) =
@@ -559,7 +627,12 @@ mod tests {
             // Relative to the gradient's own scale s / (rows with a target): its entries are
             // s·(p − onehot)/N, and on a row classified almost perfectly p − 1 is a difference
             // f32 resolves only to about 2⁻²⁴ on either path.
-            let valid_rows = case.labels.iter().filter(|&&label| label >= 0).count().max(1);
+            let valid_rows = case
+                .labels
+                .iter()
+                .filter(|&&label| label >= 0)
+                .count()
+                .max(1);
             assert_close(
                 &format!("{name}: gradient"),
                 &kernel_gradient,
@@ -628,7 +701,10 @@ mod tests {
         let case = random_case(3, 5, 1);
         let (cos_theta, labels, margins) = tensors(&case, &device());
         let config = HeadConfig::new(HeadKind::ArcFace);
-        assert!(softmax_cross_entropy_rows(cos_theta.clone(), labels.clone(), margins.clone(), &config).is_ok());
+        assert!(
+            softmax_cross_entropy_rows(cos_theta.clone(), labels.clone(), margins.clone(), &config)
+                .is_ok()
+        );
         assert!(super::margin_logits(cos_theta, labels, margins, &config).is_ok());
         // A CPU tensor is handed back for the tensor-op path.
         let (cos_theta, labels, margins) = tensors(&case, &Device::flex());
@@ -657,10 +733,16 @@ mod tests {
         let device = device();
         for config in configs() {
             let (cos_theta, labels, margins) = tensors(&case, &device);
-            let rows = softmax_cross_entropy_rows(cos_theta.clone(), labels.clone(), margins.clone(), &config)
-                .ok()
-                .unwrap();
-            let logits = head::margin_logits_tensor_ops(cos_theta, labels.clone(), margins, &config);
+            let rows = softmax_cross_entropy_rows(
+                cos_theta.clone(),
+                labels.clone(),
+                margins.clone(),
+                &config,
+            )
+            .ok()
+            .unwrap();
+            let logits =
+                head::margin_logits_tensor_ops(cos_theta, labels.clone(), margins, &config);
             let maximum = logits.clone().max_dim(1).reshape([case.rows]);
             let log_sum_exp = (logits.clone() - maximum.clone().reshape([case.rows, 1]))
                 .exp()
@@ -671,9 +753,19 @@ mod tests {
             let row_loss = head::cross_entropy_rows(logits, labels);
             let scale = config.scale;
             assert_close("maximum", &read(rows.maximum), &read(maximum), scale);
-            assert_close("log-sum-exp", &read(rows.log_sum_exp), &read(log_sum_exp), scale);
+            assert_close(
+                "log-sum-exp",
+                &read(rows.log_sum_exp),
+                &read(log_sum_exp),
+                scale,
+            );
             let reference_loss = read(row_loss);
-            assert_close("row loss", &read(rows.loss), &reference_loss, largest(&reference_loss).max(1.0));
+            assert_close(
+                "row loss",
+                &read(rows.loss),
+                &reference_loss,
+                largest(&reference_loss).max(1.0),
+            );
         }
     }
 
@@ -682,25 +774,38 @@ mod tests {
         let case = random_case(11, 333, 8);
         let device = device().autodiff();
         for config in configs() {
-            let run = |logits: fn(Tensor<2>, Tensor<1, Int>, Tensor<1>, &HeadConfig) -> Tensor<2>| {
-                let (cos_theta, labels, margins) = tensors(&case, &device);
-                let cos_theta = cos_theta.require_grad();
-                let output = logits(cos_theta.clone(), labels, margins, &config);
-                // A weighted sum, so every element's gradient is exercised with its own weight.
-                let weights = Tensor::<2>::from_data(
-                    TensorData::new(
-                        (0..case.rows * case.columns).map(|i| ((i % 7) as f32 - 3.0) / 3.0).collect::<Vec<_>>(),
-                        [case.rows, case.columns],
-                    ),
-                    &device,
-                );
-                let grads = (output.clone() * weights).sum().backward();
-                (read(output), read(cos_theta.grad(&grads).unwrap()))
-            };
+            let run =
+                |logits: fn(Tensor<2>, Tensor<1, Int>, Tensor<1>, &HeadConfig) -> Tensor<2>| {
+                    let (cos_theta, labels, margins) = tensors(&case, &device);
+                    let cos_theta = cos_theta.require_grad();
+                    let output = logits(cos_theta.clone(), labels, margins, &config);
+                    // A weighted sum, so every element's gradient is exercised with its own weight.
+                    let weights = Tensor::<2>::from_data(
+                        TensorData::new(
+                            (0..case.rows * case.columns)
+                                .map(|i| ((i % 7) as f32 - 3.0) / 3.0)
+                                .collect::<Vec<_>>(),
+                            [case.rows, case.columns],
+                        ),
+                        &device,
+                    );
+                    let grads = (output.clone() * weights).sum().backward();
+                    (read(output), read(cos_theta.grad(&grads).unwrap()))
+                };
             let (kernel_logits, kernel_gradient) = run(head::margin_logits);
             let (reference_logits, reference_gradient) = run(head::margin_logits_tensor_ops);
-            assert_close("logits", &kernel_logits, &reference_logits, largest(&reference_logits));
-            assert_close("gradient", &kernel_gradient, &reference_gradient, largest(&reference_gradient));
+            assert_close(
+                "logits",
+                &kernel_logits,
+                &reference_logits,
+                largest(&reference_logits),
+            );
+            assert_close(
+                "gradient",
+                &kernel_gradient,
+                &reference_gradient,
+                largest(&reference_gradient),
+            );
         }
     }
 }

@@ -2,8 +2,8 @@
 //! (x − 127.5) / 127.5 in channel-first RGB, and the horizontal flip used for augmentation and
 //! for flip-summed evaluation embeddings. The first stage of the pipeline, before the backbone.
 
-use image::imageops::FilterType;
 use image::RgbImage;
+use image::imageops::FilterType;
 
 use crate::backbone::INPUT_SIZE;
 
@@ -124,6 +124,9 @@ mod tests {
 
     #[test]
     fn garbage_bytes_are_a_decode_error() {
-        assert!(matches!(decode(b"not an image"), Err(PreprocessError::Decode(_))));
+        assert!(matches!(
+            decode(b"not an image"),
+            Err(PreprocessError::Decode(_))
+        ));
     }
 }

@@ -38,7 +38,10 @@ pub struct Pair {
 /// (`name i j`) and n different pairs (`name i other j`). Image `i` of `name` is the file
 /// `name/{i:04}.jpg` (the LFW layout with the name as folder).
 pub fn parse_lfw_pairs(text: &str) -> Result<Vec<Pair>, VerifyError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| VerifyError::PairLine {
         line: 1,
         reason: "empty pair list".into(),
@@ -138,7 +141,10 @@ pub fn parse_pairs_csv(text: &str) -> Result<Vec<Pair>, VerifyError> {
         let reason = if columns.is_empty() {
             "empty pair list".to_string()
         } else {
-            format!("header {:?} must name the columns img1, img2 and same", columns.iter().collect::<Vec<_>>().join(","))
+            format!(
+                "header {:?} must name the columns img1, img2 and same",
+                columns.iter().collect::<Vec<_>>().join(",")
+            )
         };
         return Err(VerifyError::PairLine { line: 1, reason });
     };
@@ -167,7 +173,10 @@ pub fn parse_pairs_csv(text: &str) -> Result<Vec<Pair>, VerifyError> {
                 _ => {
                     return Err(VerifyError::PairLine {
                         line: line_number,
-                        reason: format!("fold must be a positive number, got {:?}", &record[column]),
+                        reason: format!(
+                            "fold must be a positive number, got {:?}",
+                            &record[column]
+                        ),
                     });
                 }
             },
@@ -229,12 +238,19 @@ pub fn accuracy_at(threshold: f64, distances: &[f32], same: &[bool]) -> f64 {
 /// Fraction of different-identity pairs accepted (distance < threshold), or `None` without
 /// any such pair.
 pub fn false_accept_rate(threshold: f64, distances: &[f32], same: &[bool]) -> Option<f64> {
-    let impostors: Vec<f32> =
-        distances.iter().zip(same).filter(|(_, s)| !**s).map(|(d, _)| *d).collect();
+    let impostors: Vec<f32> = distances
+        .iter()
+        .zip(same)
+        .filter(|(_, s)| !**s)
+        .map(|(d, _)| *d)
+        .collect();
     if impostors.is_empty() {
         return None;
     }
-    let accepted = impostors.iter().filter(|&&d| (d as f64) < threshold).count();
+    let accepted = impostors
+        .iter()
+        .filter(|&&d| (d as f64) < threshold)
+        .count();
     Some(accepted as f64 / impostors.len() as f64)
 }
 
@@ -319,7 +335,9 @@ pub fn kfold_accuracy_over(
     let thresholds = reference_thresholds();
     let mut fold_accuracies = Vec::with_capacity(folds);
     let mut fold_thresholds = Vec::with_capacity(folds);
-    let consecutive = fold_ranges.iter().try_fold(0, |end, r| (r.start == end && r.end > r.start).then_some(r.end));
+    let consecutive = fold_ranges.iter().try_fold(0, |end, r| {
+        (r.start == end && r.end > r.start).then_some(r.end)
+    });
     if consecutive != Some(distances.len()) {
         return Err(VerifyError::Protocol(format!(
             "the folds must be consecutive, non-empty and cover the {} pairs",
@@ -332,11 +350,19 @@ pub fn kfold_accuracy_over(
             .map(|i| (distances[i], same[i]))
             .unzip();
         let (threshold, _) = best_threshold(&thresholds, &train_distances, &train_same);
-        fold_accuracies.push(accuracy_at(threshold, &distances[test.clone()], &same[test]));
+        fold_accuracies.push(accuracy_at(
+            threshold,
+            &distances[test.clone()],
+            &same[test],
+        ));
         fold_thresholds.push(threshold);
     }
     let mean = fold_accuracies.iter().sum::<f64>() / folds as f64;
-    let variance = fold_accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / folds as f64;
+    let variance = fold_accuracies
+        .iter()
+        .map(|a| (a - mean).powi(2))
+        .sum::<f64>()
+        / folds as f64;
     Ok(KFoldReport {
         fold_accuracies,
         fold_thresholds,
@@ -394,15 +420,23 @@ pub struct TarAtFar {
 
 /// TAR at each FAR in `fars`: the largest threshold whose FAR does not exceed the target.
 /// A FAR below 1 / (number of different pairs) can only be met by accepting nothing.
-pub fn tar_at_far(distances: &[f32], same: &[bool], fars: &[f64]) -> Result<Vec<TarAtFar>, VerifyError> {
+pub fn tar_at_far(
+    distances: &[f32],
+    same: &[bool],
+    fars: &[f64],
+) -> Result<Vec<TarAtFar>, VerifyError> {
     let mut impostors: Vec<f32> = distances
         .iter()
         .zip(same)
         .filter(|(_, s)| !**s)
         .map(|(d, _)| *d)
         .collect();
-    let genuine: Vec<f32> =
-        distances.iter().zip(same).filter(|(_, s)| **s).map(|(d, _)| *d).collect();
+    let genuine: Vec<f32> = distances
+        .iter()
+        .zip(same)
+        .filter(|(_, s)| **s)
+        .map(|(d, _)| *d)
+        .collect();
     if impostors.is_empty() || genuine.is_empty() {
         return Err(VerifyError::Protocol(format!(
             "TAR at FAR needs same and different pairs; got {} and {}",
@@ -422,7 +456,10 @@ pub fn tar_at_far(distances: &[f32], same: &[bool], fars: &[f64]) -> Result<Vec<
             } else {
                 impostors[allowed] as f64
             };
-            let accepted_impostors = impostors.iter().filter(|&&d| (d as f64) < threshold).count();
+            let accepted_impostors = impostors
+                .iter()
+                .filter(|&&d| (d as f64) < threshold)
+                .count();
             let accepted = genuine.iter().filter(|&&d| (d as f64) < threshold).count();
             TarAtFar {
                 far,
@@ -501,15 +538,21 @@ mod tests {
 
     #[test]
     fn best_threshold_takes_the_first_of_equal_maxima() {
-        let (threshold, accuracy) = best_threshold(&reference_thresholds(), &[0.3, 0.9], &[true, false]);
+        let (threshold, accuracy) =
+            best_threshold(&reference_thresholds(), &[0.3, 0.9], &[true, false]);
         assert!((threshold - 0.31).abs() < 1e-9);
         assert_eq!(accuracy, 1.0);
     }
 
     #[test]
     fn split_protocol_tunes_on_one_set_and_tests_on_the_other() {
-        let report = split_accuracy(&[0.3, 0.9], &[true, false], &[0.2, 0.4, 1.0], &[true, true, false])
-            .unwrap();
+        let report = split_accuracy(
+            &[0.3, 0.9],
+            &[true, false],
+            &[0.2, 0.4, 1.0],
+            &[true, true, false],
+        )
+        .unwrap();
         assert!((report.threshold - 0.31).abs() < 1e-9);
         assert!((report.test_accuracy - 2.0 / 3.0).abs() < 1e-12);
     }
@@ -536,8 +579,24 @@ mod tests {
         let text = "2\t1\nA\t1\t2\nA\t1\tB\t3\nC\t10\t12\nC\t2\tD\t1\n";
         let pairs = parse_lfw_pairs(text).unwrap();
         assert_eq!(pairs.len(), 4);
-        assert_eq!(pairs[0], Pair { fold: 1, first: "A/0001.jpg".into(), second: "A/0002.jpg".into(), same: true });
-        assert_eq!(pairs[1], Pair { fold: 1, first: "A/0001.jpg".into(), second: "B/0003.jpg".into(), same: false });
+        assert_eq!(
+            pairs[0],
+            Pair {
+                fold: 1,
+                first: "A/0001.jpg".into(),
+                second: "A/0002.jpg".into(),
+                same: true
+            }
+        );
+        assert_eq!(
+            pairs[1],
+            Pair {
+                fold: 1,
+                first: "A/0001.jpg".into(),
+                second: "B/0003.jpg".into(),
+                same: false
+            }
+        );
         assert_eq!(pairs[2].fold, 2);
         assert_eq!(pairs[2].second, "C/0012.jpg");
         assert!(!pairs[3].same);
@@ -558,14 +617,24 @@ mod tests {
         let pairs = parse_pairs_csv("img1,img2,same\n\"a, b/1.jpg\",c.jpg,\"1\"\n").unwrap();
         assert_eq!(pairs[0].first, "a, b/1.jpg");
         assert!(pairs[0].same);
-        let error = parse_pairs_csv("img1,img2,same\nx.jpg,y.jpg,1\nx.jpg,y.jpg\n").unwrap_err().to_string();
+        let error = parse_pairs_csv("img1,img2,same\nx.jpg,y.jpg,1\nx.jpg,y.jpg\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("line 3"), "{error}");
     }
 
     #[test]
     fn csv_pairs_are_read_with_and_without_folds() {
         let pairs = parse_pairs_csv("fold,img1,img2,same\n3,a/1.jpg,b/2.jpg,0\n").unwrap();
-        assert_eq!(pairs, vec![Pair { fold: 3, first: "a/1.jpg".into(), second: "b/2.jpg".into(), same: false }]);
+        assert_eq!(
+            pairs,
+            vec![Pair {
+                fold: 3,
+                first: "a/1.jpg".into(),
+                second: "b/2.jpg".into(),
+                same: false
+            }]
+        );
         let pairs = parse_pairs_csv("img1,img2,same\nx.jpg,y.jpg,1\n").unwrap();
         assert_eq!(pairs[0].fold, 1);
         assert!(pairs[0].same);

@@ -57,7 +57,9 @@ pub fn choose(choice: BackendChoice) -> Result<ChosenDevice> {
 }
 
 fn cpu() -> ChosenDevice {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     ChosenDevice {
         device: Device::flex(),
         description: format!("cpu (burn flex, {threads} threads)"),
@@ -122,7 +124,11 @@ mod tests {
     fn assert_close(name: &str, cpu: &[f32], gpu: &[f32], relative: f32) {
         assert_eq!(cpu.len(), gpu.len());
         let scale = max_abs(cpu).max(1e-6);
-        let worst = cpu.iter().zip(gpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = cpu
+            .iter()
+            .zip(gpu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(
             worst <= relative * scale,
             "{name}: largest difference {worst} exceeds {relative} × {scale}"
@@ -131,44 +137,69 @@ mod tests {
 
     fn assert_relative_l2(name: &str, expected: &[f32], actual: &[f32], relative: f64) {
         assert_eq!(expected.len(), actual.len());
-        let norm = expected.iter().map(|&a| f64::from(a).powi(2)).sum::<f64>().sqrt();
+        let norm = expected
+            .iter()
+            .map(|&a| f64::from(a).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let error = expected
             .iter()
             .zip(actual)
             .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
             .sum::<f64>()
             .sqrt();
-        assert!(error <= relative * norm, "{name}: ‖difference‖ {error} exceeds {relative} × ‖expected‖ {norm}");
+        assert!(
+            error <= relative * norm,
+            "{name}: ‖difference‖ {error} exceeds {relative} × ‖expected‖ {norm}"
+        );
+    }
+
+    /// The hardware adapter when there is one, else the software one (lavapipe in CI).
+    fn test_gpu() -> Device {
+        let (hardware, software) = wgpu_adapters();
+        assert!(
+            !hardware.is_empty() || !software.is_empty(),
+            "no wgpu adapter; on Debian install mesa-vulkan-drivers (scripts/setup.sh does)"
+        );
+        if hardware.is_empty() {
+            Device::wgpu(DeviceKind::Cpu)
+        } else {
+            Device::wgpu(DeviceKind::DefaultDevice)
+        }
+    }
+
+    /// MobileFaceNet with a 64-D embedding, enough to exercise every layer kind.
+    fn small_backbone() -> BackboneConfig {
+        let mut backbone = BackboneConfig::new(Architecture::MobileFaceNet);
+        backbone.embedding_size = 64;
+        backbone
+    }
+
+    /// `batch` random faces in [−1, 1) from a seeded stream.
+    fn random_faces(batch: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..batch * 3 * INPUT_SIZE * INPUT_SIZE)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect()
     }
 
     /// One forward pass of a backbone and a margin head on wgpu (lavapipe where no GPU is
     /// present) against burn's CPU backend, with the same weights and inputs.
     #[test]
     fn wgpu_forward_of_backbone_and_head_matches_the_cpu_backend() {
-        let (hardware, software) = wgpu_adapters();
-        assert!(
-            !hardware.is_empty() || !software.is_empty(),
-            "no wgpu adapter; on Debian install mesa-vulkan-drivers (scripts/setup.sh does)"
-        );
-        let gpu = if hardware.is_empty() {
-            Device::wgpu(DeviceKind::Cpu)
-        } else {
-            Device::wgpu(DeviceKind::DefaultDevice)
-        };
+        let gpu = test_gpu();
         let cpu = Device::flex();
-
-        let mut backbone = BackboneConfig::new(Architecture::MobileFaceNet);
-        backbone.embedding_size = 64;
-        let model_cpu = FaceModel::new(&backbone, 10, &cpu).valid();
+        let model_cpu = FaceModel::new(&small_backbone(), 10, &cpu).valid();
         let model_gpu = model_cpu.clone().to_device(&gpu);
 
         let batch = 3;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let faces: Vec<f32> =
-            (0..batch * 3 * INPUT_SIZE * INPUT_SIZE).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let faces = random_faces(batch, 5);
         let shape = [batch, 3, INPUT_SIZE, INPUT_SIZE];
         let embed = |model: &FaceModel, device: &Device| {
-            model.embed(Tensor::<4>::from_data(TensorData::new(faces.clone(), shape), device))
+            model.embed(Tensor::<4>::from_data(
+                TensorData::new(faces.clone(), shape),
+                device,
+            ))
         };
         let embeddings_cpu = embed(&model_cpu, &cpu);
         let embeddings_gpu = embed(&model_gpu, &gpu);
@@ -177,9 +208,16 @@ mod tests {
         let labels = [2i64, -1, 7];
         let margins = [0.47f32, 0.0, 0.55];
         let head = |model: &FaceModel, embeddings: Tensor<2>, device: &Device| {
-            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [batch]), device);
-            let margins = Tensor::<1>::from_data(TensorData::new(margins.to_vec(), [batch]), device);
-            let logits = margin_logits(model.centers.cos_theta(embeddings), labels.clone(), margins, &config);
+            let labels =
+                Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [batch]), device);
+            let margins =
+                Tensor::<1>::from_data(TensorData::new(margins.to_vec(), [batch]), device);
+            let logits = margin_logits(
+                model.centers.cos_theta(embeddings),
+                labels.clone(),
+                margins,
+                &config,
+            );
             let loss = cross_entropy(logits.clone(), labels);
             (logits, loss)
         };
@@ -187,11 +225,19 @@ mod tests {
         let (logits_cpu, loss_cpu) = head(&model_cpu, embeddings_cpu.clone(), &cpu);
         let (logits_gpu, loss_gpu) = head(&model_gpu, embeddings_gpu.clone(), &gpu);
 
-        assert_close("embeddings", &read(embeddings_cpu), &read(embeddings_gpu), 1e-3);
+        assert_close(
+            "embeddings",
+            &read(embeddings_cpu),
+            &read(embeddings_gpu),
+            1e-3,
+        );
         assert_close("logits", &read(logits_cpu), &read(logits_gpu), 1e-3);
         let loss_cpu = loss_cpu.into_scalar::<f32>();
         let loss_gpu = loss_gpu.into_scalar::<f32>();
-        assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "{loss_cpu} vs {loss_gpu}");
+        assert!(
+            (loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(),
+            "{loss_cpu} vs {loss_gpu}"
+        );
     }
 
     /// A training step's gradients on wgpu, where the margin loss runs as the fused WGSL
@@ -202,23 +248,13 @@ mod tests {
         use elasticface_core::backbone::Backbone;
         use elasticface_core::head::MarginHead;
 
-        let (hardware, _) = wgpu_adapters();
-        let gpu = if hardware.is_empty() {
-            Device::wgpu(DeviceKind::Cpu)
-        } else {
-            Device::wgpu(DeviceKind::DefaultDevice)
-        };
+        let gpu = test_gpu();
         let cpu = Device::flex();
-
-        let mut backbone = BackboneConfig::new(Architecture::MobileFaceNet);
-        backbone.embedding_size = 64;
-        let model_cpu = FaceModel::new(&backbone, 10, &cpu.clone().autodiff());
+        let model_cpu = FaceModel::new(&small_backbone(), 10, &cpu.clone().autodiff());
         let model_gpu = model_cpu.clone().fork(&gpu.clone().autodiff());
 
         let batch = 4;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
-        let faces: Vec<f32> =
-            (0..batch * 3 * INPUT_SIZE * INPUT_SIZE).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let faces = random_faces(batch, 6);
         let labels = [2i64, -1, 7, 7];
         let step = |model: &FaceModel, device: &Device| {
             let faces = Tensor::<4>::from_data(
@@ -226,9 +262,14 @@ mod tests {
                 device,
             );
             let mut head = MarginHead::new(HeadConfig::new(HeadKind::ElasticArc), 9).unwrap();
-            let loss = head.forward(&model.centers, model.embed(faces), &labels).unwrap().loss;
+            let loss = head
+                .forward(&model.centers, model.embed(faces), &labels)
+                .unwrap()
+                .loss;
             let grads = loss.clone().backward();
-            let Backbone::MobileFaceNet(net) = &model.backbone else { unreachable!() };
+            let Backbone::MobileFaceNet(net) = &model.backbone else {
+                unreachable!()
+            };
             let read1 = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
             let read2 = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
             (
@@ -239,7 +280,10 @@ mod tests {
         };
         let (loss_cpu, centers_cpu, stem_cpu) = step(&model_cpu, &cpu.autodiff());
         let (loss_gpu, centers_gpu, stem_gpu) = step(&model_gpu, &gpu.autodiff());
-        assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "{loss_cpu} vs {loss_gpu}");
+        assert!(
+            (loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(),
+            "{loss_cpu} vs {loss_gpu}"
+        );
         assert_close("class-centre gradient", &centers_cpu, &centers_gpu, 1e-3);
         // The stem gradient has passed back through every layer and ~50 batch normalisations
         // of a 4-image batch, which amplify f32 rounding differently on each backend and each

@@ -32,7 +32,9 @@ fn median(mut seconds: Vec<f64>) -> f64 {
 
 /// Waits until the device has finished the work queued so far, so clocks measure it.
 fn sync(device: &Device) -> Result<()> {
-    device.sync().map_err(|error| anyhow::anyhow!("device failed: {error:?}"))
+    device
+        .sync()
+        .map_err(|error| anyhow::anyhow!("device failed: {error:?}"))
 }
 
 /// One measured training configuration.
@@ -79,7 +81,9 @@ pub fn train_step(
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let values = batch_size * 3 * INPUT_SIZE * INPUT_SIZE;
     let faces: Vec<f32> = (0..values).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let labels: Vec<i64> = (0..batch_size).map(|_| rng.random_range(0..classes as i64)).collect();
+    let labels: Vec<i64> = (0..batch_size)
+        .map(|_| rng.random_range(0..classes as i64))
+        .collect();
 
     let (mut forward, mut backward, mut update) = (Vec::new(), Vec::new(), Vec::new());
     for iteration in 0..warmup + steps {
@@ -89,7 +93,9 @@ pub fn train_step(
         );
         sync(&device)?;
         let start = Instant::now();
-        let loss = head.forward(&model.centers, model.embed(faces), &labels)?.loss;
+        let loss = head
+            .forward(&model.centers, model.embed(faces), &labels)?
+            .loss;
         sync(&device)?;
         let forward_done = Instant::now();
         let gradients = loss.backward();
@@ -106,9 +112,13 @@ pub fn train_step(
             update.push((done - backward_done).as_secs_f64());
         }
     }
-    let step: Vec<f64> = (0..steps).map(|i| forward[i] + backward[i] + update[i]).collect();
+    let step: Vec<f64> = (0..steps)
+        .map(|i| forward[i] + backward[i] + update[i])
+        .collect();
     let step = median(step);
-    let name = serde_json::to_string(&architecture)?.trim_matches('"').to_string();
+    let name = serde_json::to_string(&architecture)?
+        .trim_matches('"')
+        .to_string();
     Ok(TrainStepRow {
         backbone: name,
         batch_size,
@@ -165,9 +175,15 @@ pub fn head(
 ) -> Result<HeadRow> {
     let device = chosen.device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let cos: Vec<f32> = (0..batch_size * classes).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let labels: Vec<i64> = (0..batch_size).map(|_| rng.random_range(0..classes as i64)).collect();
-    let margins: Vec<f32> = (0..batch_size).map(|_| rng.random_range(0.4..0.6)).collect();
+    let cos: Vec<f32> = (0..batch_size * classes)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let labels: Vec<i64> = (0..batch_size)
+        .map(|_| rng.random_range(0..classes as i64))
+        .collect();
+    let margins: Vec<f32> = (0..batch_size)
+        .map(|_| rng.random_range(0.4..0.6))
+        .collect();
     let cos_theta =
         Tensor::<2>::from_data(TensorData::new(cos, [batch_size, classes]), &device).require_grad();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);

@@ -46,7 +46,12 @@ pub fn folder(run: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint for `state.step` and points `latest` at it.
-pub fn save(run: &Path, model: &FaceModel, optimizer: &ModuleOptimizer, state: &TrainingState) -> Result<PathBuf> {
+pub fn save(
+    run: &Path,
+    model: &FaceModel,
+    optimizer: &ModuleOptimizer,
+    state: &TrainingState,
+) -> Result<PathBuf> {
     let folder = folder(run);
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create {}", folder.display()))?;
@@ -67,7 +72,10 @@ pub fn save(run: &Path, model: &FaceModel, optimizer: &ModuleOptimizer, state: &
     optimizer
         .save(staging.join(OPTIMIZER_FILE))
         .map_err(|e| anyhow::anyhow!("cannot write optimizer checkpoint: {e}"))?;
-    std::fs::write(staging.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
+    std::fs::write(
+        staging.join(STATE_FILE),
+        serde_json::to_string_pretty(state)?,
+    )?;
 
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
@@ -119,8 +127,8 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
 /// Reads a checkpoint's state.
 pub fn read_state(checkpoint: &Path) -> Result<TrainingState> {
     let path = checkpoint.join(STATE_FILE);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
 }
 

@@ -131,10 +131,15 @@ impl SourceConfig {
     /// Refuses a source that names neither or both kinds, or options its kind cannot use.
     pub fn validate(&self) -> Result<()> {
         match (&self.root, &self.record) {
-            (Some(_), Some(_)) => bail!("a data source names both a root folder and a record file; use one per source"),
-            (None, None) => bail!("a data source needs `root` (an image folder) or `record` (a .rec file)"),
+            (Some(_), Some(_)) => bail!(
+                "a data source names both a root folder and a record file; use one per source"
+            ),
+            (None, None) => {
+                bail!("a data source needs `root` (an image folder) or `record` (a .rec file)")
+            }
             (None, Some(record)) if self.identities.is_some() || !self.folds.is_empty() => bail!(
-                "source {}: `identities` and `folds` select identity folders by name and do not apply to record files",
+                "source {}: `identities` and `folds` select identity folders by name and do not \
+                apply to record files",
                 record.display()
             ),
             _ => Ok(()),
@@ -327,7 +332,10 @@ impl Protocol {
                 bail!("the k-fold protocol needs at least 2 folds, got {folds}")
             }
             Protocol::Kfold { .. } => Ok(()),
-            Protocol::Split { tune_folds, test_folds } => {
+            Protocol::Split {
+                tune_folds,
+                test_folds,
+            } => {
                 if tune_folds.is_empty() || test_folds.is_empty() {
                     bail!("the split protocol needs tuning folds and test folds");
                 }
@@ -421,11 +429,16 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = TrainConfig::load(&path).unwrap();
-                config.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                config
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 seen += 1;
             }
         }
-        assert!(seen >= 5, "expected the five main-job configs, found {seen}");
+        assert!(
+            seen >= 5,
+            "expected the five main-job configs, found {seen}"
+        );
     }
 
     #[test]
@@ -489,13 +502,22 @@ epochs = 1
         };
         assert!(refused(&|c| c.data.batch_size = 1).contains("at least 2"));
         let overlap = refused(&|c| {
-            c.eval.as_mut().unwrap().protocol = Protocol::Split { tune_folds: vec![9, 10], test_folds: vec![10] }
+            c.eval.as_mut().unwrap().protocol = Protocol::Split {
+                tune_folds: vec![9, 10],
+                test_folds: vec![10],
+            }
         });
         assert!(overlap.contains("fold 10 is both"), "{overlap}");
-        assert!(refused(&|c| c.eval.as_mut().unwrap().protocol = Protocol::Kfold { folds: 1 }).contains("2 folds"));
+        assert!(
+            refused(&|c| c.eval.as_mut().unwrap().protocol = Protocol::Kfold { folds: 1 })
+                .contains("2 folds")
+        );
         for far in [-0.1, 1.5, f64::NAN] {
             let message = refused(&|c| c.eval.as_mut().unwrap().fars = vec![0.01, far]);
-            assert!(message.contains("eval.fars") && message.contains(&far.to_string()), "{message}");
+            assert!(
+                message.contains("eval.fars") && message.contains(&far.to_string()),
+                "{message}"
+            );
         }
     }
 }

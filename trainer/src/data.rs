@@ -14,9 +14,9 @@ use anyhow::{Context, Result, bail};
 use elasticface_core::preprocess::{self, FACE_LEN};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -130,7 +130,10 @@ pub fn scan_folder(
     let keep = match &source.identities {
         Some(table) => {
             if source.folds.is_empty() {
-                bail!("source {} names an identity table but no folds to keep", root.display());
+                bail!(
+                    "source {} names an identity table but no folds to keep",
+                    root.display()
+                );
             }
             Some(identities_in_folds(table, &source.folds)?)
         }
@@ -142,14 +145,20 @@ pub fn scan_folder(
         if !folder.is_dir() {
             continue;
         }
-        let name = folder.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = folder
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         if let Some(keep) = &keep
             && !keep.contains(&name)
         {
             continue;
         }
-        let images: Vec<PathBuf> =
-            sorted_entries(&folder)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
+        let images: Vec<PathBuf> = sorted_entries(&folder)?
+            .into_iter()
+            .filter(|p| p.is_file() && is_image(p))
+            .collect();
         if images.is_empty() {
             if skip_bad {
                 empty += 1;
@@ -187,7 +196,10 @@ pub fn load_face(path: &Path) -> Result<RgbImage> {
 ///
 /// With an index header (record 0 with two labels, as InsightFace writes it), the images are the
 /// keys from 1 up to the header's first label; otherwise every record is an image.
-pub fn scan_record_file(reader: &RecordReader, index: &[(u64, u64)]) -> Result<Vec<(u64, u64, i64)>> {
+pub fn scan_record_file(
+    reader: &RecordReader,
+    index: &[(u64, u64)],
+) -> Result<Vec<(u64, u64, i64)>> {
     let path = reader.path().display().to_string();
     let first = index.iter().find(|(key, _)| *key == 0);
     let image_keys = match first {
@@ -198,7 +210,10 @@ pub fn scan_record_file(reader: &RecordReader, index: &[(u64, u64)]) -> Result<V
             if header.flag > 0 {
                 let end = header.labels[0];
                 if !(end.is_finite() && end >= 1.0 && end.fract() == 0.0) {
-                    bail!("{path}, record 0: index header gives {end} as the end of the images (expected a whole number ≥ 1)");
+                    bail!(
+                        "{path}, record 0: index header gives {end} as the end of the images \
+                        (expected a whole number ≥ 1)"
+                    );
                 }
                 Some(1..end as u64)
             } else {
@@ -223,8 +238,10 @@ pub fn scan_record_file(reader: &RecordReader, index: &[(u64, u64)]) -> Result<V
         );
     }
     let progress = ProgressBar::new(entries.len() as u64).with_style(
-        ProgressStyle::with_template("reading record headers {bar:30} {pos}/{len} [{elapsed}<{eta}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "reading record headers {bar:30} {pos}/{len} [{elapsed}<{eta}]",
+        )
+        .expect("valid template"),
     );
     let labelled = entries
         .par_iter()
@@ -257,7 +274,11 @@ impl TrainingSet {
             if let Some(root) = &source.root {
                 let (identities, empty) = scan_folder(root, source, config.skip_bad)?;
                 skipped_identities += empty;
-                let prefix = root.file_name().unwrap_or_default().to_string_lossy().to_string();
+                let prefix = root
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 for (name, images) in identities {
                     let class = classes.len();
                     classes.push(format!("{prefix}/{name}"));
@@ -277,7 +298,11 @@ impl TrainingSet {
                 }
                 // Labels as stored may have gaps or be left out by `min_images`: number the
                 // kept ones consecutively after the classes of earlier sources.
-                let stem = record.file_stem().unwrap_or_default().to_string_lossy().to_string();
+                let stem = record
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 let mut class_of: BTreeMap<i64, usize> = BTreeMap::new();
                 for (&label, &count) in &per_label {
                     if count >= source.min_images {
@@ -305,7 +330,13 @@ impl TrainingSet {
         let decoded: Vec<Result<RgbImage>> = files
             .par_iter()
             .map(|path| {
-                let face = load_face(path).map(|face| if keep_decoded { face } else { RgbImage::new(0, 0) });
+                let face = load_face(path).map(|face| {
+                    if keep_decoded {
+                        face
+                    } else {
+                        RgbImage::new(0, 0)
+                    }
+                });
                 progress.inc(1);
                 face
             })
@@ -331,7 +362,9 @@ impl TrainingSet {
                     }
                 }
                 Err(error) => {
-                    return Err(error.context("unreadable training image (pass --skip-bad to skip such images)"));
+                    return Err(error.context(
+                        "unreadable training image (pass --skip-bad to skip such images)",
+                    ));
                 }
             }
         }
@@ -340,7 +373,9 @@ impl TrainingSet {
         let mut images_per_class = vec![0usize; classes.len()];
         let usable: Vec<(Location, usize)> = labelled
             .into_iter()
-            .filter(|(location, _)| !matches!(location, Location::File(file) if unreadable[*file as usize]))
+            .filter(|(location, _)| {
+                !matches!(location, Location::File(file) if unreadable[*file as usize])
+            })
             .collect();
         for &(_, class) in &usable {
             images_per_class[class] += 1;
@@ -401,10 +436,13 @@ impl TrainingSet {
             },
             Location::Record { file, offset, key } => {
                 let reader = &self.records[file as usize];
-                let context = || format!("{}, record {key} (byte {offset})", reader.path().display());
-                let payload = reader.read(offset).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
-                let (_, image) =
-                    ImageHeader::decode(&payload).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+                let context =
+                    || format!("{}, record {key} (byte {offset})", reader.path().display());
+                let payload = reader
+                    .read(offset)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+                let (_, image) = ImageHeader::decode(&payload)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
                 let image = preprocess::decode(image).with_context(context)?;
                 Ok(preprocess::resize_to_input(&image))
             }
@@ -461,7 +499,9 @@ impl Loader {
         let batch_size = config.batch_size;
         let random_flip = config.random_flip;
         let threads = if config.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             config.workers
         };
@@ -473,7 +513,16 @@ impl Loader {
                     let _ = sender.send(Err(anyhow::anyhow!("cannot start decoding threads")));
                     return;
                 };
-                produce(&dataset, &pool, &sender, seed, epochs, start, batch_size, random_flip);
+                produce(
+                    &dataset,
+                    &pool,
+                    &sender,
+                    seed,
+                    epochs,
+                    start,
+                    batch_size,
+                    random_flip,
+                );
             })
             .expect("can spawn the loader thread");
         Self {
@@ -526,12 +575,15 @@ fn produce(
                             Ok(face) => face,
                             Err(error) if dataset.skip_bad => {
                                 tracing::warn!("skipping unreadable training image: {error:#}");
-                                dataset.skipped_while_training.fetch_add(1, Ordering::Relaxed);
+                                dataset
+                                    .skipped_while_training
+                                    .fetch_add(1, Ordering::Relaxed);
                                 return Ok(None);
                             }
                             Err(error) => {
                                 return Err(error.context(
-                                    "unreadable training image (pass --skip-bad to skip such images)",
+                                    "unreadable training image (pass --skip-bad to skip such \
+                                    images)",
                                 ));
                             }
                         };

@@ -23,7 +23,10 @@ use crate::verification_bin;
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read pair list {}", path.display()))?;
-    let pairs = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+    let pairs = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
         verify::parse_pairs_csv(&text)
     } else {
         verify::parse_lfw_pairs(&text)
@@ -56,7 +59,10 @@ impl PairFaces {
             pairs.retain(|pair| folds.contains(&pair.fold));
         }
         if pairs.is_empty() {
-            bail!("pair list {} has no pairs (in the folds asked for)", pairs_path.display());
+            bail!(
+                "pair list {} has no pairs (in the folds asked for)",
+                pairs_path.display()
+            );
         }
         let mut unique: Vec<String> = Vec::new();
         let mut position: HashMap<String, usize> = HashMap::new();
@@ -156,7 +162,10 @@ impl PairFaces {
         let mut drop_pair = vec![false; pair_count];
         for (index, error) in bad {
             if !skip_bad {
-                return Err(error.context(format!("pair {} (pass --skip-bad to drop such pairs)", index / 2 + 1)));
+                return Err(error.context(format!(
+                    "pair {} (pass --skip-bad to drop such pairs)",
+                    index / 2 + 1
+                )));
             }
             drop_pair[index / 2] = true;
         }
@@ -179,7 +188,10 @@ impl PairFaces {
         }
         let skipped = drop_pair.iter().filter(|&&d| d).count();
         if skipped > 0 {
-            tracing::warn!("skipped {skipped} pairs of {} with unreadable images", path.display());
+            tracing::warn!(
+                "skipped {skipped} pairs of {} with unreadable images",
+                path.display()
+            );
         }
         Ok(Self {
             pairs,
@@ -190,12 +202,21 @@ impl PairFaces {
 
     /// A pair list and its images, or a `.bin` verification set when `pairs` ends in `.bin`
     /// (then `root` is not used).
-    pub fn open(root: &Path, pairs: &Path, folds: Option<&[usize]>, skip_bad: bool) -> Result<Self> {
-        if pairs.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin")) {
+    pub fn open(
+        root: &Path,
+        pairs: &Path,
+        folds: Option<&[usize]>,
+        skip_bad: bool,
+    ) -> Result<Self> {
+        if pairs
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+        {
             let mut faces = Self::from_bin(pairs, skip_bad)?;
             if let Some(folds) = folds {
-                let kept: Vec<usize> =
-                    (0..faces.pairs.len()).filter(|&i| folds.contains(&faces.pairs[i].fold)).collect();
+                let kept: Vec<usize> = (0..faces.pairs.len())
+                    .filter(|&i| folds.contains(&faces.pairs[i].fold))
+                    .collect();
                 faces.pairs = kept.iter().map(|&i| faces.pairs[i].clone()).collect();
                 faces.pair_index = kept.iter().map(|&i| faces.pair_index[i]).collect();
             }
@@ -236,7 +257,11 @@ pub fn embed_faces(
         );
         let output = backbone.forward(tensor);
         let [_, size] = output.dims();
-        let values = output.into_data().convert::<f32>().try_to_vec::<f32>().expect("float embeddings");
+        let values = output
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("float embeddings");
         for i in 0..count {
             let plain = &values[i * size..(i + 1) * size];
             let mirrored = &values[(count + i) * size..(count + i + 1) * size];
@@ -291,7 +316,10 @@ pub fn run_protocol(
     match protocol {
         Protocol::Kfold { folds } => {
             if *folds < 2 || distances.len() < *folds {
-                bail!("{folds} folds need at least {folds} pairs and at least 2 folds; got {} pairs", distances.len());
+                bail!(
+                    "{folds} folds need at least {folds} pairs and at least 2 folds; got {} pairs",
+                    distances.len()
+                );
             }
             // A pair list that numbers its folds in order keeps them, so pairs dropped with
             // --skip-bad do not shift the other pairs into neighbouring folds; otherwise (and
@@ -306,7 +334,8 @@ pub fn run_protocol(
             if ranges.len() != *folds {
                 if ranges.len() > 1 {
                     tracing::warn!(
-                        "the pair list has {} folds; using {folds} contiguous folds as the protocol asks",
+                        "the pair list has {} folds; using {folds} contiguous folds as the \
+                        protocol asks",
                         ranges.len()
                     );
                 }
@@ -415,13 +444,23 @@ impl Evaluator {
     pub fn evaluate(&self, backbone: &Backbone, device: &Device) -> Result<EvalReport> {
         let embeddings = embed_faces(backbone, &self.faces.faces, self.config.batch_size, device);
         let distances = pair_distances(&self.faces, &embeddings);
-        run_protocol(&self.faces.pairs, &distances, &self.config.protocol, &self.config.fars)
+        run_protocol(
+            &self.faces.pairs,
+            &distances,
+            &self.config.protocol,
+            &self.config.fars,
+        )
     }
 
     /// Evaluates a fixed embedding function instead of a network (for baselines).
     pub fn evaluate_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<EvalReport> {
         let distances = pair_distances(&self.faces, embeddings);
-        run_protocol(&self.faces.pairs, &distances, &self.config.protocol, &self.config.fars)
+        run_protocol(
+            &self.faces.pairs,
+            &distances,
+            &self.config.protocol,
+            &self.config.fars,
+        )
     }
 }
 
@@ -444,15 +483,29 @@ pub fn print_report(name: &str, report: &EvalReport) {
     println!("{name}");
     println!("  protocol   {}", report.protocol);
     println!("  pairs      {}", report.pairs);
-    println!("  accuracy   {:.2} % ± {:.2}", 100.0 * report.accuracy, 100.0 * report.std);
-    let thresholds: Vec<String> = report.thresholds.iter().map(|t| format!("{t:.2}")).collect();
+    println!(
+        "  accuracy   {:.2} % ± {:.2}",
+        100.0 * report.accuracy,
+        100.0 * report.std
+    );
+    let thresholds: Vec<String> = report
+        .thresholds
+        .iter()
+        .map(|t| format!("{t:.2}"))
+        .collect();
     println!("  threshold  {}", thresholds.join(" "));
     if let Some(rate) = report.false_accept_rate {
-        println!("  FAR        {:.2} % of different-identity pairs accepted at the threshold", 100.0 * rate);
+        println!(
+            "  FAR        {:.2} % of different-identity pairs accepted at the threshold",
+            100.0 * rate
+        );
     }
     if !report.fold_accuracies.is_empty() {
-        let folds: Vec<String> =
-            report.fold_accuracies.iter().map(|a| format!("{:.1}", 100.0 * a)).collect();
+        let folds: Vec<String> = report
+            .fold_accuracies
+            .iter()
+            .map(|a| format!("{:.1}", 100.0 * a))
+            .collect();
         println!("  folds      {}", folds.join(" "));
     }
     for row in &report.tar_at_far {

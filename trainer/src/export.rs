@@ -30,10 +30,17 @@ const PYTORCH_KEY_RENAMES: [(&str, &str); 3] = [
 /// Loads a PyTorch iResNet state dict into a freshly built backbone of `config`, refusing a
 /// checkpoint whose tensors do not match it one to one (listing the missing, unexpected and
 /// mis-shaped keys).
-pub fn load_pytorch_iresnet(path: &Path, config: &BackboneConfig, device: &Device) -> Result<Backbone> {
+pub fn load_pytorch_iresnet(
+    path: &Path,
+    config: &BackboneConfig,
+    device: &Device,
+) -> Result<Backbone> {
     let mut backbone = config.init(device);
     let Backbone::IResNet(network) = &mut backbone else {
-        bail!("PyTorch import reads iResNet checkpoints; {:?} is not an iResNet", config.architecture);
+        bail!(
+            "PyTorch import reads iResNet checkpoints; {:?} is not an iResNet",
+            config.architecture
+        );
     };
     let mut store = PytorchStore::from_file(path)
         .map_indices_contiguous(false)
@@ -58,8 +65,16 @@ pub fn load_pytorch_iresnet(path: &Path, config: &BackboneConfig, device: &Devic
         .errors
         .iter()
         .map(|error| match error {
-            ApplyError::ShapeMismatch { path, expected, found } => {
-                format!("{path} (expected {:?}, found {:?})", expected.as_slice(), found.as_slice())
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => {
+                format!(
+                    "{path} (expected {:?}, found {:?})",
+                    expected.as_slice(),
+                    found.as_slice()
+                )
             }
             other => other.to_string(),
         })
@@ -72,7 +87,11 @@ pub fn load_pytorch_iresnet(path: &Path, config: &BackboneConfig, device: &Devic
             config.widths,
             config.embedding_size
         );
-        for (what, keys) in [("missing", missing.join(", ")), ("unexpected", unexpected.join(", ")), ("mis-shaped", misshaped.join(", "))] {
+        for (what, keys) in [
+            ("missing", missing.join(", ")),
+            ("unexpected", unexpected.join(", ")),
+            ("mis-shaped", misshaped.join(", ")),
+        ] {
             if !keys.is_empty() {
                 message.push_str(&format!("\n  {what}: {keys}"));
             }
@@ -93,18 +112,31 @@ struct RunSummary {
 /// A run's backbone and a card for it: the threshold and its false-accept rate come from the
 /// run's final evaluation (its split threshold, or the median of the k-fold thresholds) unless
 /// `threshold` is given.
-pub fn from_run(run: &Path, threshold: Option<f64>, device: &Device) -> Result<(Backbone, ModelCard)> {
+pub fn from_run(
+    run: &Path,
+    threshold: Option<f64>,
+    device: &Device,
+) -> Result<(Backbone, ModelCard)> {
     if !run.exists() {
-        bail!("{} does not exist (expected a run folder of `elasticface train` or a model file)", run.display());
+        bail!(
+            "{} does not exist (expected a run folder of `elasticface train` or a model file)",
+            run.display()
+        );
     }
     let Some(latest) = checkpoint::latest(run)? else {
-        bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());
+        bail!(
+            "{} holds no checkpoint (expected a run folder of `elasticface train`)",
+            run.display()
+        );
     };
     let state = checkpoint::read_state(&latest)?;
     let model = checkpoint::load_model(&latest, &state, device)?;
     let summary_path = run.join("summary.json");
     let summary: Option<RunSummary> = match std::fs::read_to_string(&summary_path) {
-        Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("invalid {}", summary_path.display()))?),
+        Ok(text) => Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("invalid {}", summary_path.display()))?,
+        ),
         Err(_) => None,
     };
     let evaluation = summary.as_ref().and_then(|s| s.final_eval.as_ref());
@@ -112,7 +144,9 @@ pub fn from_run(run: &Path, threshold: Option<f64>, device: &Device) -> Result<(
         let mut thresholds = report.thresholds.clone();
         thresholds.sort_by(f64::total_cmp);
         // The lower median, so it is one of the thresholds the protocol chose.
-        thresholds.get(thresholds.len().saturating_sub(1) / 2).copied()
+        thresholds
+            .get(thresholds.len().saturating_sub(1) / 2)
+            .copied()
     });
     let (threshold, threshold_note) = match (threshold, evaluation, measured_threshold) {
         (Some(value), _, _) => (Some(value), "set by hand at export".to_string()),
@@ -139,7 +173,9 @@ pub fn from_run(run: &Path, threshold: Option<f64>, device: &Device) -> Result<(
         // The report's false-accept rate belongs to its threshold only when there is one (the
         // split protocol); k folds average rates at k different thresholds.
         false_accept_rate: match evaluation {
-            Some(report) if threshold == measured_threshold && report.thresholds.len() == 1 => report.false_accept_rate,
+            Some(report) if threshold == measured_threshold && report.thresholds.len() == 1 => {
+                report.false_accept_rate
+            }
             _ => None,
         },
     };
@@ -183,7 +219,12 @@ mod tests {
     #[test]
     fn a_pytorch_iresnet_gives_pytorchs_embeddings() {
         let device = Device::flex();
-        let backbone = load_pytorch_iresnet(&fixtures().join("iresnet18_narrow.pth"), &narrow_config(), &device).unwrap();
+        let backbone = load_pytorch_iresnet(
+            &fixtures().join("iresnet18_narrow.pth"),
+            &narrow_config(),
+            &device,
+        )
+        .unwrap();
         let embeddings = backbone.valid().forward(fixture_inputs(&device));
         let ours = embeddings.into_data().try_to_vec::<f32>().unwrap();
 
@@ -197,7 +238,10 @@ mod tests {
             .collect();
         assert_eq!(ours.len(), expected.len());
         for (index, (a, b)) in ours.iter().zip(&expected).enumerate() {
-            assert!((f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0), "embedding value {index}: ours {a}, PyTorch {b}");
+            assert!(
+                (f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "embedding value {index}: ours {a}, PyTorch {b}"
+            );
         }
     }
 
@@ -207,12 +251,24 @@ mod tests {
         let path = fixtures().join("iresnet18_narrow.pth");
         let mut wider = narrow_config();
         wider.widths = [8, 8, 16, 32];
-        let error = load_pytorch_iresnet(&path, &wider, &device).err().unwrap().to_string();
-        assert!(error.contains("mis-shaped") && error.contains("layer4.0.conv1.weight"), "{error}");
+        let error = load_pytorch_iresnet(&path, &wider, &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("mis-shaped") && error.contains("layer4.0.conv1.weight"),
+            "{error}"
+        );
 
         let mut deeper = narrow_config();
         deeper.architecture = Architecture::IResNet34;
-        let error = load_pytorch_iresnet(&path, &deeper, &device).err().unwrap().to_string();
-        assert!(error.contains("missing") && error.contains("layer2.3."), "{error}");
+        let error = load_pytorch_iresnet(&path, &deeper, &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("missing") && error.contains("layer2.3."),
+            "{error}"
+        );
     }
 }

@@ -33,12 +33,18 @@ struct MetaImage {
 }
 
 fn meta_lines(path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text
         .lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| (index + 1, line.split_whitespace().map(str::to_string).collect()))
+        .map(|(index, line)| {
+            (
+                index + 1,
+                line.split_whitespace().map(str::to_string).collect(),
+            )
+        })
         .collect())
 }
 
@@ -49,13 +55,20 @@ fn number<T: std::str::FromStr>(path: &Path, line: usize, field: &str) -> Result
 }
 
 /// The meta files of set `name` (`ijbb` or `ijbc`) under `root/meta`.
-fn read_meta(root: &Path, name: &str, use_landmarks: bool) -> Result<(Vec<MetaImage>, Vec<(u64, u64)>, Vec<bool>)> {
+fn read_meta(
+    root: &Path,
+    name: &str,
+    use_landmarks: bool,
+) -> Result<(Vec<MetaImage>, Vec<(u64, u64)>, Vec<bool>)> {
     let meta = root.join("meta");
     let faces_path = meta.join(format!("{name}_face_tid_mid.txt"));
     let mut images = Vec::new();
     for (line, fields) in meta_lines(&faces_path)? {
         if fields.len() < 3 {
-            bail!("{} line {line}: expected `image template media`", faces_path.display());
+            bail!(
+                "{} line {line}: expected `image template media`",
+                faces_path.display()
+            );
         }
         images.push(MetaImage {
             name: fields[0].clone(),
@@ -80,7 +93,10 @@ fn read_meta(root: &Path, name: &str, use_landmarks: bool) -> Result<(Vec<MetaIm
             let finite = |field: &String| -> Result<f64> {
                 let value: f64 = number(&landmarks_path, line, field)?;
                 if !value.is_finite() {
-                    bail!("{} line {line}: {field:?} is not a finite number", landmarks_path.display());
+                    bail!(
+                        "{} line {line}: {field:?} is not a finite number",
+                        landmarks_path.display()
+                    );
                 }
                 Ok(value)
             };
@@ -93,7 +109,11 @@ fn read_meta(root: &Path, name: &str, use_landmarks: bool) -> Result<(Vec<MetaIm
         }
         for image in &mut images {
             let Some(&(points, score)) = by_name.get(&image.name) else {
-                bail!("{} has no landmarks for image {}", landmarks_path.display(), image.name);
+                bail!(
+                    "{} has no landmarks for image {}",
+                    landmarks_path.display(),
+                    image.name
+                );
             };
             image.landmarks = Some(points);
             image.faceness = Some(score);
@@ -109,17 +129,31 @@ fn read_meta(root: &Path, name: &str, use_landmarks: bool) -> Result<(Vec<MetaIm
     let (mut pairs, mut same) = (Vec::new(), Vec::new());
     for (line, fields) in meta_lines(&pairs_path)? {
         if fields.len() != 3 {
-            bail!("{} line {line}: expected `template template label`", pairs_path.display());
+            bail!(
+                "{} line {line}: expected `template template label`",
+                pairs_path.display()
+            );
         }
-        pairs.push((number(&pairs_path, line, &fields[0])?, number(&pairs_path, line, &fields[1])?));
+        pairs.push((
+            number(&pairs_path, line, &fields[0])?,
+            number(&pairs_path, line, &fields[1])?,
+        ));
         same.push(match fields[2].as_str() {
             "1" => true,
             "0" => false,
-            other => bail!("{} line {line}: label {other:?} is not 0 or 1", pairs_path.display()),
+            other => bail!(
+                "{} line {line}: label {other:?} is not 0 or 1",
+                pairs_path.display()
+            ),
         });
     }
     if images.is_empty() || pairs.is_empty() {
-        bail!("{}: the meta files list {} images and {} pairs", meta.display(), images.len(), pairs.len());
+        bail!(
+            "{}: the meta files list {} images and {} pairs",
+            meta.display(),
+            images.len(),
+            pairs.len()
+        );
     }
     Ok((images, pairs, same))
 }
@@ -162,7 +196,8 @@ pub fn evaluate(
     let (images, pairs, same) = read_meta(root, name, use_landmarks)?;
     let crops: PathBuf = root.join("loose_crop");
     let progress = ProgressBar::new(images.len() as u64).with_style(
-        ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("valid template"),
+        ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed}<{eta}]")
+            .expect("valid template"),
     );
     let mut features = Vec::with_capacity(images.len());
     for chunk in images.chunks(CHUNK) {
@@ -170,13 +205,18 @@ pub fn evaluate(
             .par_iter()
             .map(|image| {
                 let path = crops.join(&image.name);
-                let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                let photo = preprocess::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let photo =
+                    preprocess::decode(&bytes).with_context(|| format!("{}", path.display()))?;
                 match image.landmarks {
-                    Some(points) => align::align_face(&photo, &points)
-                        .with_context(|| {
-                            format!("{}: its five landmarks in {name}_name_5pts_score.txt coincide or are not finite", image.name)
-                        }),
+                    Some(points) => align::align_face(&photo, &points).with_context(|| {
+                        format!(
+                            "{}: its five landmarks in {name}_name_5pts_score.txt coincide or \
+                                 are not finite",
+                            image.name
+                        )
+                    }),
                     None => Ok(preprocess::resize_to_input(&photo)),
                 }
             })
@@ -193,8 +233,11 @@ pub fn evaluate(
     let templates: Vec<u64> = images.iter().map(|i| i.template).collect();
     let media: Vec<u64> = images.iter().map(|i| i.media).collect();
     let template_embeddings = ijb::template_embeddings(&features, &templates, &media)?;
-    let pairs_path = root.join("meta").join(format!("{name}_template_pair_label.txt"));
-    let scores = ijb::pair_scores(&template_embeddings, &pairs).with_context(|| format!("{}", pairs_path.display()))?;
+    let pairs_path = root
+        .join("meta")
+        .join(format!("{name}_template_pair_label.txt"));
+    let scores = ijb::pair_scores(&template_embeddings, &pairs)
+        .with_context(|| format!("{}", pairs_path.display()))?;
     let curve = ijb::roc_curve(&scores, &same)?;
     let rows = ijb::tar_at_nearest_far(&curve, &IJB_FARS)
         .into_iter()
@@ -215,10 +258,18 @@ pub fn evaluate(
 
 /// Prints a report as a table.
 pub fn print_report(name: &str, report: &IjbReport) {
-    println!("{name}: {} images, {} templates, {} pairs", report.images, report.templates, report.pairs);
+    println!(
+        "{name}: {} images, {} templates, {} pairs",
+        report.images, report.templates, report.pairs
+    );
     println!("  {:>8}  {:>8}  {:>12}", "FAR", "TAR", "nearest FAR");
     for row in &report.rows {
-        println!("  {:>8.0e}  {:>7.2}%  {:>12.2e}", row.far, 100.0 * row.tar, row.achieved_far);
+        println!(
+            "  {:>8.0e}  {:>7.2}%  {:>12.2e}",
+            row.far,
+            100.0 * row.tar,
+            row.achieved_far
+        );
     }
 }
 
@@ -234,12 +285,17 @@ mod tests {
     #[test]
     fn meta_files_are_read_with_landmarks_and_scores() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "ijbc_face_tid_mid.txt", "1.jpg 1 69544\n2.jpg 1 69544\n3.jpg 7 12\n");
+        write(
+            dir.path(),
+            "ijbc_face_tid_mid.txt",
+            "1.jpg 1 69544\n2.jpg 1 69544\n3.jpg 7 12\n",
+        );
         write(dir.path(), "ijbc_template_pair_label.txt", "1 7 0\n1 1 1\n");
         write(
             dir.path(),
             "ijbc_name_5pts_score.txt",
-            "1.jpg 1 2 3 4 5 6 7 8 9 10 0.9\n2.jpg 1 2 3 4 5 6 7 8 9 10 0.5\n3.jpg 1 2 3 4 5 6 7 8 9 10 1\n",
+            "1.jpg 1 2 3 4 5 6 7 8 9 10 0.9\n2.jpg 1 2 3 4 5 6 7 8 9 10 0.5\n3.jpg 1 2 3 4 5 6 7 \
+            8 9 10 1\n",
         );
         let (images, pairs, same) = read_meta(dir.path(), "ijbc", true).unwrap();
         assert_eq!(images.len(), 3);
@@ -253,14 +309,30 @@ mod tests {
     #[test]
     fn bad_meta_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "ijbb_face_tid_mid.txt", "1.jpg 1 5\n2.jpg x 5\n");
+        write(
+            dir.path(),
+            "ijbb_face_tid_mid.txt",
+            "1.jpg 1 5\n2.jpg x 5\n",
+        );
         write(dir.path(), "ijbb_template_pair_label.txt", "1 1 1\n");
-        let error = read_meta(dir.path(), "ijbb", false).err().unwrap().to_string();
-        assert!(error.contains("ijbb_face_tid_mid.txt line 2") && error.contains("\"x\""), "{error}");
+        let error = read_meta(dir.path(), "ijbb", false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("ijbb_face_tid_mid.txt line 2") && error.contains("\"x\""),
+            "{error}"
+        );
 
         write(dir.path(), "ijbb_face_tid_mid.txt", "1.jpg 1 5\n");
         write(dir.path(), "ijbb_template_pair_label.txt", "1 1 2\n");
-        let error = read_meta(dir.path(), "ijbb", false).err().unwrap().to_string();
-        assert!(error.contains("line 1") && error.contains("\"2\""), "{error}");
+        let error = read_meta(dir.path(), "ijbb", false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("line 1") && error.contains("\"2\""),
+            "{error}"
+        );
     }
 }

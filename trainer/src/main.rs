@@ -27,7 +27,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{BackendChoice, EvalConfig, Protocol, TrainConfig};
 
 #[derive(Parser)]
-#[command(name = "elasticface", version, about = "Train and evaluate ElasticFace face-recognition models")]
+#[command(
+    name = "elasticface",
+    version,
+    about = "Train and evaluate ElasticFace face-recognition models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +133,11 @@ enum BenchCommand {
 #[derive(Args)]
 struct BenchTrainArgs {
     /// Backbones to time.
-    #[arg(long, value_delimiter = ',', default_value = "mobilefacenet,iresnet18,iresnet50")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mobilefacenet,iresnet18,iresnet50"
+    )]
     backbones: Vec<Architecture>,
     /// Batch sizes to time.
     #[arg(long, value_delimiter = ',', default_value = "32,128")]
@@ -358,7 +366,11 @@ fn eval(args: EvalArgs) -> Result<()> {
         && let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !folder.is_dir()
     {
-        bail!("cannot write {}: folder {} does not exist", path.display(), folder.display());
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            folder.display()
+        );
     }
     let sets: Vec<PathBuf> = match &args.pairs {
         Some(pairs) => vec![pairs.clone()],
@@ -376,7 +388,10 @@ fn eval(args: EvalArgs) -> Result<()> {
     for set in &sets {
         let root = match &args.root {
             Some(root) => root.clone(),
-            None => set.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from(".")),
+            None => set
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".")),
         };
         let eval_config = EvalConfig {
             root,
@@ -390,7 +405,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         let (name, report) = match &network {
             None => {
                 let embeddings = evaluate::raw_pixel_embeddings(&evaluator.faces.faces);
-                ("raw pixels".to_string(), evaluator.evaluate_embeddings(&embeddings)?)
+                (
+                    "raw pixels".to_string(),
+                    evaluator.evaluate_embeddings(&embeddings)?,
+                )
             }
             Some((name, backbone, device)) => (name.clone(), evaluator.evaluate(backbone, device)?),
         };
@@ -419,7 +437,10 @@ fn write_json<T: serde::Serialize>(path: Option<&PathBuf>, rows: &T) -> Result<(
 
 fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let chosen = backend::choose(args.backend)?;
-    println!("training step on {} (median of {} steps after {} warm-up)", chosen.description, args.steps, args.warmup);
+    println!(
+        "training step on {} (median of {} steps after {} warm-up)",
+        chosen.description, args.steps, args.warmup
+    );
     println!(
         "{:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9}",
         "backbone", "batch", "classes", "forward", "backward", "optimizer", "step", "images/s"
@@ -428,11 +449,24 @@ fn bench_train(args: BenchTrainArgs) -> Result<()> {
     for &architecture in &args.backbones {
         for &batch_size in &args.batch_sizes {
             for &classes in &args.classes {
-                let row = bench::train_step(&chosen, architecture, batch_size, classes, args.warmup, args.steps)?;
+                let row = bench::train_step(
+                    &chosen,
+                    architecture,
+                    batch_size,
+                    classes,
+                    args.warmup,
+                    args.steps,
+                )?;
                 println!(
                     "{:<14} {:>6} {:>7} {:>9.3}s {:>9.3}s {:>9.3}s {:>9.3}s {:>9.1}",
-                    row.backbone, row.batch_size, row.classes, row.forward, row.backward,
-                    row.optimizer, row.step, row.images_per_second
+                    row.backbone,
+                    row.batch_size,
+                    row.classes,
+                    row.forward,
+                    row.backward,
+                    row.optimizer,
+                    row.step,
+                    row.images_per_second
                 );
                 rows.push(row);
             }
@@ -454,11 +488,15 @@ fn bench_head(args: BenchHeadArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &batch_size in &args.batch_sizes {
         for &classes in &args.classes {
-            let row = match bench::head(&chosen, batch_size, classes, args.warmup, args.iterations) {
+            let row = match bench::head(&chosen, batch_size, classes, args.warmup, args.iterations)
+            {
                 Ok(row) => row,
                 Err(error) => {
                     let reason = format!("{error:#}");
-                    println!("{batch_size:>6} {classes:>7}  skipped: {}", reason.lines().next().unwrap_or(""));
+                    println!(
+                        "{batch_size:>6} {classes:>7}  skipped: {}",
+                        reason.lines().next().unwrap_or("")
+                    );
                     continue;
                 }
             };
@@ -475,7 +513,10 @@ fn bench_head(args: BenchHeadArgs) -> Result<()> {
             rows.push(row);
         }
     }
-    println!("GB/s counts the least traffic: cos θ read twice and its gradient written once (12·B·C bytes).");
+    println!(
+        "GB/s counts the least traffic: cos θ read twice and its gradient written once (12·B·C \
+        bytes)."
+    );
     write_json(args.json.as_ref(), &rows)
 }
 
@@ -483,7 +524,11 @@ fn bench_head(args: BenchHeadArgs) -> Result<()> {
 fn load_backbone(
     run: &std::path::Path,
     choice: BackendChoice,
-) -> Result<(String, elasticface_core::backbone::Backbone, burn::tensor::Device)> {
+) -> Result<(
+    String,
+    elasticface_core::backbone::Backbone,
+    burn::tensor::Device,
+)> {
     let chosen = backend::choose(choice)?;
     tracing::info!("device: {}", chosen.description);
     if run.is_file() {
@@ -491,23 +536,40 @@ fn load_backbone(
         let bytes = std::fs::read(run).with_context(|| format!("cannot read {}", run.display()))?;
         let (backbone, _) = elasticface_core::export::import_backbone(&bytes, &chosen.device)
             .with_context(|| format!("{}", run.display()))?;
-        return Ok((run.display().to_string(), burn::module::Module::valid(&backbone), chosen.device));
+        return Ok((
+            run.display().to_string(),
+            burn::module::Module::valid(&backbone),
+            chosen.device,
+        ));
     }
     if !run.exists() {
-        bail!("{} does not exist (expected a run folder of `elasticface train` or a model file)", run.display());
+        bail!(
+            "{} does not exist (expected a run folder of `elasticface train` or a model file)",
+            run.display()
+        );
     }
     let Some(latest) = checkpoint::latest(run)? else {
-        bail!("{} holds no checkpoint (expected a run folder of `elasticface train`)", run.display());
+        bail!(
+            "{} holds no checkpoint (expected a run folder of `elasticface train`)",
+            run.display()
+        );
     };
     let state = checkpoint::read_state(&latest)?;
     let model = checkpoint::load_model(&latest, &state, &chosen.device)?;
     let backbone = burn::module::Module::valid(&model.backbone);
-    Ok((format!("{} (step {})", run.display(), state.step), backbone, chosen.device))
+    Ok((
+        format!("{} (step {})", run.display(), state.step),
+        backbone,
+        chosen.device,
+    ))
 }
 
 fn export(args: ExportArgs) -> Result<()> {
     if args.output.exists() && !args.force {
-        bail!("{} already exists; pass --force to replace it", args.output.display());
+        bail!(
+            "{} already exists; pass --force to replace it",
+            args.output.display()
+        );
     }
     let device = burn::tensor::Device::flex();
     let (backbone, card) = match (&args.model, &args.pytorch) {
@@ -516,13 +578,20 @@ fn export(args: ExportArgs) -> Result<()> {
             let mut config = elasticface_core::backbone::BackboneConfig::new(args.backbone);
             config.embedding_size = args.embedding_size;
             if let Some(widths) = &args.widths {
-                config.widths = widths.as_slice().try_into().expect("clap takes four widths");
+                config.widths = widths
+                    .as_slice()
+                    .try_into()
+                    .expect("clap takes four widths");
             }
             let backbone = export::load_pytorch_iresnet(pth, &config, &device)?;
             let card = elasticface_core::export::ModelCard {
                 backbone: config,
                 threshold: args.threshold,
-                threshold_note: if args.threshold.is_some() { "set by hand at export".into() } else { String::new() },
+                threshold_note: if args.threshold.is_some() {
+                    "set by hand at export".into()
+                } else {
+                    String::new()
+                },
                 trained_with: format!("imported from PyTorch checkpoint {}", pth.display()),
                 accuracy: None,
                 false_accept_rate: None,
@@ -533,8 +602,10 @@ fn export(args: ExportArgs) -> Result<()> {
     };
     let bytes = elasticface_core::export::export_backbone(&backbone, &card, args.half)?;
     let staging = args.output.with_extension("partial");
-    std::fs::write(&staging, &bytes).with_context(|| format!("cannot write {}", staging.display()))?;
-    std::fs::rename(&staging, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    std::fs::write(&staging, &bytes)
+        .with_context(|| format!("cannot write {}", staging.display()))?;
+    std::fs::rename(&staging, &args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!(
         "wrote {} ({:.1} MB, {} weights{})",
         args.output.display(),
@@ -580,7 +651,9 @@ fn pack(args: PackArgs) -> Result<()> {
 fn main() -> ExitCode {
     // Logs go to stderr, so stdout carries only results (tables, summaries) for scripts.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

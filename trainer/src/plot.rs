@@ -32,8 +32,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let mut reader = csv::Reader::from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     reader
         .deserialize()
         .collect::<Result<_, _>>()
@@ -66,22 +66,33 @@ const FONT_CANDIDATES: [&str; 3] = [
 fn register_font() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
-        FONT_CANDIDATES.iter().find_map(|path| std::fs::read(path).ok()).is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        })
+        FONT_CANDIDATES
+            .iter()
+            .find_map(|path| std::fs::read(path).ok())
+            .is_some_and(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
     })
 }
 
 /// Draws the loss and accuracy curves into a PNG.
 pub fn draw_curves(path: &Path, title: &str, rows: &[MetricRow]) -> Result<()> {
     if !register_font() {
-        tracing::warn!("no TrueType font found (install fonts-dejavu-core); skipping {}", path.display());
+        tracing::warn!(
+            "no TrueType font found (install fonts-dejavu-core); skipping {}",
+            path.display()
+        );
         return Ok(());
     }
-    let losses: Vec<(f64, f64)> = rows.iter().filter_map(|r| r.loss.map(|l| (r.step as f64, l))).collect();
-    let accuracies: Vec<(f64, f64)> =
-        rows.iter().filter_map(|r| r.accuracy.map(|a| (r.step as f64, 100.0 * a))).collect();
+    let losses: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.loss.map(|l| (r.step as f64, l)))
+        .collect();
+    let accuracies: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.accuracy.map(|a| (r.step as f64, 100.0 * a)))
+        .collect();
     let last_step = rows.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
 
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
@@ -97,8 +108,15 @@ pub fn draw_curves(path: &Path, title: &str, rows: &[MetricRow]) -> Result<()> {
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..last_step, 0.0..loss_max)
         .map_err(plot_error)?;
-    chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(plot_error)?;
-    chart.draw_series(LineSeries::new(losses, &BLUE)).map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()
+        .map_err(plot_error)?;
+    chart
+        .draw_series(LineSeries::new(losses, &BLUE))
+        .map_err(plot_error)?;
 
     let mut chart = ChartBuilder::on(&right)
         .caption("verification accuracy", ("sans-serif", 18))
@@ -107,12 +125,21 @@ pub fn draw_curves(path: &Path, title: &str, rows: &[MetricRow]) -> Result<()> {
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..last_step, 40.0..100.0)
         .map_err(plot_error)?;
-    chart.configure_mesh().x_desc("step").y_desc("accuracy (%)").draw().map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("accuracy (%)")
+        .draw()
+        .map_err(plot_error)?;
     chart
         .draw_series(LineSeries::new(accuracies.clone(), &RED))
         .map_err(plot_error)?;
     chart
-        .draw_series(accuracies.into_iter().map(|p| Circle::new(p, 4, RED.filled())))
+        .draw_series(
+            accuracies
+                .into_iter()
+                .map(|p| Circle::new(p, 4, RED.filled())),
+        )
         .map_err(plot_error)?;
     root.present().map_err(plot_error)?;
     Ok(())

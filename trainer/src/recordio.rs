@@ -96,7 +96,11 @@ impl ImageHeader {
 
     /// The label that names the class: `label`, or the first of `labels`.
     pub fn class_label(&self) -> f32 {
-        if self.flag > 0 { self.labels[0] } else { self.label }
+        if self.flag > 0 {
+            self.labels[0]
+        } else {
+            self.label
+        }
     }
 
     /// Header and image as a record payload.
@@ -134,7 +138,10 @@ impl ImageHeader {
             ));
         }
         let labels_end = labels_end as usize;
-        let labels = (HEADER_SIZE..labels_end).step_by(4).map(|at| f32::from_bits(word(at))).collect();
+        let labels = (HEADER_SIZE..labels_end)
+            .step_by(4)
+            .map(|at| f32::from_bits(word(at)))
+            .collect();
         Ok((
             ImageHeader {
                 flag,
@@ -153,7 +160,9 @@ pub fn class_index(label: f32) -> std::result::Result<i64, String> {
     if label.is_finite() && label >= 0.0 && label.fract() == 0.0 && label < 2f32.powi(24) {
         Ok(label as i64)
     } else {
-        Err(format!("label {label} is not a class index (a whole number ≥ 0)"))
+        Err(format!(
+            "label {label} is not a class index (a whole number ≥ 0)"
+        ))
     }
 }
 
@@ -174,7 +183,9 @@ pub fn read_index(path: &Path) -> Result<Vec<(u64, u64)>> {
         }
         let mut fields = line.split_whitespace();
         let parsed = match (fields.next(), fields.next(), fields.next()) {
-            (Some(key), Some(offset), None) => key.parse::<u64>().ok().zip(offset.parse::<u64>().ok()),
+            (Some(key), Some(offset), None) => {
+                key.parse::<u64>().ok().zip(offset.parse::<u64>().ok())
+            }
             _ => None,
         };
         let Some(entry) = parsed else {
@@ -186,7 +197,8 @@ pub fn read_index(path: &Path) -> Result<Vec<(u64, u64)>> {
         };
         if let Some(previous) = first_line.insert(entry.0, number + 1) {
             bail!(
-                "{} line {}: key {} is listed again (first on line {previous}); an index names each record once",
+                "{} line {}: key {} is listed again (first on line {previous}); an index names \
+                each record once",
                 path.display(),
                 number + 1,
                 entry.0
@@ -234,8 +246,12 @@ pub struct RecordReader {
 impl RecordReader {
     /// Opens a record file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open record file {}", path.display()))?;
-        let size = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+        let file = File::open(path)
+            .with_context(|| format!("cannot open record file {}", path.display()))?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -257,14 +273,21 @@ impl RecordReader {
             ));
         }
         let mut head = [0u8; 8];
-        read_exact_at(&self.file, &mut head, offset).map_err(|e| format!("read error at byte {offset}: {e}"))?;
+        read_exact_at(&self.file, &mut head, offset)
+            .map_err(|e| format!("read error at byte {offset}: {e}"))?;
         let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
         if magic != MAGIC {
-            return Err(format!("no record starts at byte {offset} (found {magic:#010x}, not the magic word)"));
+            return Err(format!(
+                "no record starts at byte {offset} (found {magic:#010x}, not the magic word)"
+            ));
         }
         let word = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-        let kind = PartKind::from_bits(word >> LENGTH_BITS)
-            .ok_or_else(|| format!("record part at byte {offset} has an unknown kind {}", word >> LENGTH_BITS))?;
+        let kind = PartKind::from_bits(word >> LENGTH_BITS).ok_or_else(|| {
+            format!(
+                "record part at byte {offset} has an unknown kind {}",
+                word >> LENGTH_BITS
+            )
+        })?;
         let length = word & LENGTH_MASK;
         if offset + 8 + u64::from(length) > self.size {
             return Err(format!(
@@ -284,12 +307,17 @@ impl RecordReader {
         loop {
             let (kind, length) = self.part_at(position)?;
             match (first, kind) {
-                (true, PartKind::Whole | PartKind::First) | (false, PartKind::Middle | PartKind::Last) => {}
+                (true, PartKind::Whole | PartKind::First)
+                | (false, PartKind::Middle | PartKind::Last) => {}
                 _ => {
                     return Err(format!(
                         "record at byte {offset}: part at byte {position} is a {kind:?} part where \
                          a {} part belongs",
-                        if first { "whole or first" } else { "middle or last" }
+                        if first {
+                            "whole or first"
+                        } else {
+                            "middle or last"
+                        }
                     ));
                 }
             }
@@ -312,13 +340,17 @@ impl RecordReader {
     pub fn read_header(&self, offset: u64) -> std::result::Result<ImageHeader, String> {
         let (kind, length) = self.part_at(offset)?;
         if !matches!(kind, PartKind::Whole | PartKind::First) {
-            return Err(format!("record at byte {offset} starts with a {kind:?} part"));
+            return Err(format!(
+                "record at byte {offset} starts with a {kind:?} part"
+            ));
         }
         if (length as usize) < HEADER_SIZE {
             // A whole record this short is corrupt; a first part this short (the magic word
             // occurred inside the header) continues in the next part.
             if kind == PartKind::Whole {
-                return Err(format!("record at byte {offset} is {length} bytes, shorter than its header"));
+                return Err(format!(
+                    "record at byte {offset} is {length} bytes, shorter than its header"
+                ));
             }
             let payload = self.read(offset)?;
             return ImageHeader::decode(&payload).map(|(header, _)| header);
@@ -357,10 +389,14 @@ impl RecordWriter {
     pub fn create(path: &Path) -> Result<Self> {
         for existing in [path.to_path_buf(), index_path(path)] {
             if existing.exists() {
-                bail!("{} already exists; remove it or choose another output", existing.display());
+                bail!(
+                    "{} already exists; remove it or choose another output",
+                    existing.display()
+                );
             }
         }
-        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self {
             file: BufWriter::new(file),
             path: path.to_path_buf(),
@@ -373,10 +409,16 @@ impl RecordWriter {
         let length = u32::try_from(bytes.len())
             .ok()
             .filter(|&length| length <= LENGTH_MASK)
-            .with_context(|| format!("a record part of {} bytes is too long for RecordIO", bytes.len()))?;
+            .with_context(|| {
+                format!(
+                    "a record part of {} bytes is too long for RecordIO",
+                    bytes.len()
+                )
+            })?;
         let padding = (4 - bytes.len() % 4) % 4;
         self.file.write_all(&MAGIC.to_le_bytes())?;
-        self.file.write_all(&((kind.bits() << LENGTH_BITS) | length).to_le_bytes())?;
+        self.file
+            .write_all(&((kind.bits() << LENGTH_BITS) | length).to_le_bytes())?;
         self.file.write_all(bytes)?;
         self.file.write_all(&[0u8; 3][..padding])?;
         self.position += 8 + bytes.len() as u64 + padding as u64;
@@ -396,7 +438,11 @@ impl RecordWriter {
         }
         let mut start = 0;
         for (number, &cut) in cuts.iter().enumerate() {
-            let kind = if number == 0 { PartKind::First } else { PartKind::Middle };
+            let kind = if number == 0 {
+                PartKind::First
+            } else {
+                PartKind::Middle
+            };
             self.part(kind, &payload[start..cut])?;
             start = cut + 4;
         }
@@ -405,8 +451,14 @@ impl RecordWriter {
 
     /// Flushes the records and writes the index.
     pub fn finish(mut self) -> Result<()> {
-        self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
-        let index: String = self.index.iter().map(|(key, offset)| format!("{key}\t{offset}\n")).collect();
+        self.file
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        let index: String = self
+            .index
+            .iter()
+            .map(|(key, offset)| format!("{key}\t{offset}\n"))
+            .collect();
         let path = index_path(&self.path);
         std::fs::write(&path, index).with_context(|| format!("cannot write {}", path.display()))
     }
@@ -432,8 +484,8 @@ pub struct PackSummary {
 pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSummary> {
     if output.extension().is_some_and(|e| e == "idx") {
         bail!(
-            "{}: the record file's index is written beside it with the extension .idx, so the record \
-             file itself needs another name (such as train.rec)",
+            "{}: the record file's index is written beside it with the extension .idx, so the \
+             record file itself needs another name (such as train.rec)",
             output.display()
         );
     }
@@ -446,8 +498,10 @@ pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSum
         .collect();
 
     let progress = indicatif::ProgressBar::new(files.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("checking images {bar:30} {pos}/{len} [{elapsed}<{eta}]")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "checking images {bar:30} {pos}/{len} [{elapsed}<{eta}]",
+        )
+        .expect("valid template"),
     );
     use rayon::prelude::*;
     let readable: Vec<Result<(), anyhow::Error>> = files
@@ -474,7 +528,11 @@ pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSum
                 tracing::warn!("skipping unreadable image: {error:#}");
                 skipped += 1;
             }
-            Err(error) => return Err(error.context("unreadable image (pass --skip-bad to leave such images out)")),
+            Err(error) => {
+                return Err(
+                    error.context("unreadable image (pass --skip-bad to leave such images out)")
+                );
+            }
         }
     }
     // Identities whose every image was skipped get no class.
@@ -493,17 +551,26 @@ pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSum
     let images = kept.len() as u64;
     let first_identity = images + 1;
     let mut writer = RecordWriter::create(output)?;
-    let index_header = ImageHeader::multiple(vec![first_identity as f32, (first_identity + classes as u64) as f32], 0);
+    let index_header = ImageHeader::multiple(
+        vec![
+            first_identity as f32,
+            (first_identity + classes as u64) as f32,
+        ],
+        0,
+    );
     writer.write(0, &index_header.encode(&[]))?;
     let mut ranges = vec![(u64::MAX, 0u64); classes];
     let progress = indicatif::ProgressBar::new(images).with_style(
-        indicatif::ProgressStyle::with_template("writing records {bar:30} {pos}/{len} [{elapsed}<{eta}]")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "writing records {bar:30} {pos}/{len} [{elapsed}<{eta}]",
+        )
+        .expect("valid template"),
     );
     for (position, (class, path)) in kept.iter().enumerate() {
         let key = position as u64 + 1;
         let class = class_of[*class].expect("kept images have a class");
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         writer.write(key, &ImageHeader::single(class as f32, key).encode(&bytes))?;
         let range = &mut ranges[class];
         range.0 = range.0.min(key);
@@ -513,7 +580,10 @@ pub fn pack_folder(root: &Path, output: &Path, skip_bad: bool) -> Result<PackSum
     progress.finish_and_clear();
     for (class, (start, end)) in ranges.into_iter().enumerate() {
         let key = first_identity + class as u64;
-        writer.write(key, &ImageHeader::multiple(vec![start as f32, end as f32], key).encode(&[]))?;
+        writer.write(
+            key,
+            &ImageHeader::multiple(vec![start as f32, end as f32], key).encode(&[]),
+        )?;
     }
     writer.finish()?;
     Ok(PackSummary {
@@ -586,10 +656,16 @@ mod tests {
 
         let bytes = std::fs::read(&path).unwrap();
         // First record: one whole part of 5 bytes padded to 8.
-        assert_eq!(&bytes[..8], [&magic[..], &5u32.to_le_bytes()].concat().as_slice());
+        assert_eq!(
+            &bytes[..8],
+            [&magic[..], &5u32.to_le_bytes()].concat().as_slice()
+        );
         // Second record starts at 16 with a first part of 4 bytes (kind 1 in the top bits).
         assert_eq!(&bytes[16..20], &magic);
-        assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), (1 << 29) | 4);
+        assert_eq!(
+            u32::from_le_bytes(bytes[20..24].try_into().unwrap()),
+            (1 << 29) | 4
+        );
 
         let index = read_index(&index_path(&path)).unwrap();
         assert_eq!(index.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1, 2]);
@@ -605,14 +681,22 @@ mod tests {
         let path = dir.path().join("t.idx");
         std::fs::write(&path, "0\t0\n1\t40\n2\t96\n1\t40\n").unwrap();
         let error = read_index(&path).unwrap_err().to_string();
-        assert!(error.contains("line 4") && error.contains("key 1") && error.contains("line 2"), "{error}");
+        assert!(
+            error.contains("line 4") && error.contains("key 1") && error.contains("line 2"),
+            "{error}"
+        );
     }
 
     #[test]
     fn pack_refuses_a_record_name_its_index_would_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let error = pack_folder(dir.path(), &dir.path().join("faces.idx"), false).unwrap_err().to_string();
-        assert!(error.contains("faces.idx") && error.contains(".rec"), "{error}");
+        let error = pack_folder(dir.path(), &dir.path().join("faces.idx"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("faces.idx") && error.contains(".rec"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -620,16 +704,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.rec");
         let mut writer = RecordWriter::create(&path).unwrap();
-        writer.write(0, &ImageHeader::single(1.0, 0).encode(&[7u8; 40])).unwrap();
+        writer
+            .write(0, &ImageHeader::single(1.0, 0).encode(&[7u8; 40]))
+            .unwrap();
         writer.finish().unwrap();
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..30]).unwrap();
 
         let reader = RecordReader::open(&path).unwrap();
         let error = reader.read(0).unwrap_err();
-        assert!(error.contains("byte 0") && error.contains("truncated"), "{error}");
+        assert!(
+            error.contains("byte 0") && error.contains("truncated"),
+            "{error}"
+        );
         let error = reader.read(4).unwrap_err();
-        assert!(error.contains("byte 4") && error.contains("magic"), "{error}");
-        assert!(RecordWriter::create(&path).is_err(), "an existing file is not overwritten");
+        assert!(
+            error.contains("byte 4") && error.contains("magic"),
+            "{error}"
+        );
+        assert!(
+            RecordWriter::create(&path).is_err(),
+            "an existing file is not overwritten"
+        );
     }
 }

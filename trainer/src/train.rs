@@ -79,7 +79,11 @@ impl ModuleVisitor for GlobalNorm<'_> {
 
 /// Scales the gradients of `module` so their global L2 norm is at most `max_norm`.
 /// Returns the norm before clipping.
-pub(crate) fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+pub(crate) fn clip_global_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
     let mut pass = GlobalNorm {
         grads,
         squares: None,
@@ -121,11 +125,7 @@ fn style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn evaluate_now(
-    evaluator: &Evaluator,
-    model: &FaceModel,
-    device: &Device,
-) -> Result<EvalReport> {
+fn evaluate_now(evaluator: &Evaluator, model: &FaceModel, device: &Device) -> Result<EvalReport> {
     let inference = model.backbone.valid();
     evaluator.evaluate(&inference, device)
 }
@@ -176,7 +176,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
             dataset.skipped_identities
         );
     }
-    std::fs::write(output.join("classes.txt"), dataset.classes.join("\n") + "\n")?;
+    std::fs::write(
+        output.join("classes.txt"),
+        dataset.classes.join("\n") + "\n",
+    )?;
 
     let batch_size = config.data.batch_size;
     let steps_per_epoch = dataset.samples.len() / batch_size;
@@ -264,7 +267,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     let untrained_eval = match (&evaluator, evaluate_untrained && state.step == 0) {
         (Some(evaluator), true) => {
             let report = evaluate_now(evaluator, &model, &device)?;
-            tracing::info!("untrained network: accuracy {:.2} %", 100.0 * report.accuracy);
+            tracing::info!(
+                "untrained network: accuracy {:.2} %",
+                100.0 * report.accuracy
+            );
             Some(report)
         }
         _ => None,
@@ -297,7 +303,11 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         if let Some(budget) = budget
             && elapsed_before + session_start.elapsed().as_secs_f64() >= budget
         {
-            tracing::info!("time budget of {:.1} minutes reached at step {}", budget / 60.0, state.step);
+            tracing::info!(
+                "time budget of {:.1} minutes reached at step {}",
+                budget / 60.0,
+                state.step
+            );
             break;
         }
         let Some(batch) = loader.next() else { break };
@@ -305,17 +315,28 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         if batch.labels.len() < 2 {
             // All but at most one image of this batch were unreadable and skipped; batch
             // normalisation cannot train on a single face.
-            tracing::warn!("skipping batch {} of epoch {}: fewer than two readable faces", batch.index, batch.epoch);
+            tracing::warn!(
+                "skipping batch {} of epoch {}: fewer than two readable faces",
+                batch.index,
+                batch.epoch
+            );
             continue;
         }
-        let lr = config.schedule.lr_at(config.optimizer.lr, state.step, total_steps, steps_per_epoch);
+        let lr = config.schedule.lr_at(
+            config.optimizer.lr,
+            state.step,
+            total_steps,
+            steps_per_epoch,
+        );
 
         let faces = Tensor::<4>::from_data(
             TensorData::new(batch.faces, [batch.labels.len(), 3, INPUT_SIZE, INPUT_SIZE]),
             &train_device,
         );
         let embeddings = model.embed(faces);
-        let loss = head.forward(&model.centers, embeddings, &batch.labels)?.loss;
+        let loss = head
+            .forward(&model.centers, embeddings, &batch.labels)?
+            .loss;
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         if config.optimizer.grad_clip_norm > 0.0 {
             clip_global_norm(&model.backbone, &mut grads, config.optimizer.grad_clip_norm);
@@ -341,7 +362,10 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
         if state.step % log_every == 0 || state.step == total_steps {
             let mean_loss = f64::from(
-                window_loss.take().expect("a step was taken").into_scalar::<f32>(),
+                window_loss
+                    .take()
+                    .expect("a step was taken")
+                    .into_scalar::<f32>(),
             ) / window_steps as f64;
             if !mean_loss.is_finite() {
                 bail!(
@@ -351,7 +375,9 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
                 );
             }
             let rate = window_images as f64 / window_start.elapsed().as_secs_f64();
-            progress.set_message(format!("loss {mean_loss:.3} · {rate:.1} img/s · lr {lr:.4}"));
+            progress.set_message(format!(
+                "loss {mean_loss:.3} · {rate:.1} img/s · lr {lr:.4}"
+            ));
             if progress.is_hidden() {
                 // No terminal to draw the bar on (a log file, CI): a log line instead.
                 tracing::info!(
@@ -416,9 +442,13 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
     }
     drop(loader);
     progress.finish();
-    let skipped_while_training = dataset.skipped_while_training.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped_while_training = dataset
+        .skipped_while_training
+        .load(std::sync::atomic::Ordering::Relaxed);
     if skipped_while_training > 0 {
-        tracing::warn!("skipped {skipped_while_training} unreadable training images during training");
+        tracing::warn!(
+            "skipped {skipped_while_training} unreadable training images during training"
+        );
     }
 
     let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
@@ -439,7 +469,12 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
             step: state.step,
             epoch: state.step as f64 / steps_per_epoch as f64,
             loss: None,
-            lr: config.schedule.lr_at(config.optimizer.lr, state.step.saturating_sub(1), total_steps, steps_per_epoch),
+            lr: config.schedule.lr_at(
+                config.optimizer.lr,
+                state.step.saturating_sub(1),
+                total_steps,
+                steps_per_epoch,
+            ),
             images_per_second: None,
             accuracy: Some(report.accuracy),
             elapsed_seconds: elapsed,
@@ -451,7 +486,9 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
 
     let summary = RunSummary {
         head: config.head.kind.name().to_string(),
-        backbone: serde_json::to_string(&config.backbone.architecture)?.trim_matches('"').to_string(),
+        backbone: serde_json::to_string(&config.backbone.architecture)?
+            .trim_matches('"')
+            .to_string(),
         device: chosen.description,
         images: dataset.samples.len(),
         identities: dataset.classes.len(),
@@ -462,6 +499,9 @@ pub fn run(config: &TrainConfig, resume: bool, evaluate_untrained: bool) -> Resu
         final_eval: last_eval,
         untrained_eval,
     };
-    std::fs::write(output.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        output.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     Ok(summary)
 }

@@ -45,10 +45,14 @@ fn sequence(value: Value, what: &str) -> Result<Vec<Value>> {
 /// Number of elements of a pickled shape tuple.
 fn element_count(shape: &Value) -> Option<usize> {
     match shape {
-        Value::Tuple(dims) | Value::List(dims) => dims.iter().try_fold(1usize, |count, dim| match dim {
-            Value::I64(dim) => usize::try_from(*dim).ok().and_then(|dim| count.checked_mul(dim)),
-            _ => None,
-        }),
+        Value::Tuple(dims) | Value::List(dims) => {
+            dims.iter().try_fold(1usize, |count, dim| match dim {
+                Value::I64(dim) => usize::try_from(*dim)
+                    .ok()
+                    .and_then(|dim| count.checked_mul(dim)),
+                _ => None,
+            })
+        }
         _ => None,
     }
 }
@@ -64,7 +68,12 @@ fn numpy_bytes(items: Vec<Value>) -> std::result::Result<Vec<u8>, String> {
         Err(items) => match <[Value; 4]>::try_from(items) {
             Ok([Value::Bytes(raw), _, shape, _]) => (raw, shape),
             Ok(_) => return Err("a 4-tuple that is not a numpy array".into()),
-            Err(items) => return Err(format!("a tuple of {} that is not a numpy array", items.len())),
+            Err(items) => {
+                return Err(format!(
+                    "a tuple of {} that is not a numpy array",
+                    items.len()
+                ));
+            }
         },
     };
     match element_count(&shape) {
@@ -81,7 +90,10 @@ fn image_bytes(value: Value) -> std::result::Result<Vec<u8>, String> {
     match value {
         Value::Bytes(bytes) => Ok(bytes),
         Value::Tuple(items) => numpy_bytes(items),
-        other => Err(format!("expected bytes or a uint8 array, found {}", kind(&other))),
+        other => Err(format!(
+            "expected bytes or a uint8 array, found {}",
+            kind(&other)
+        )),
     }
 }
 
@@ -113,13 +125,21 @@ pub fn read(path: &Path) -> Result<VerificationBin> {
         .with_context(|| format!("{} is not a readable pickle", path.display()))?;
     let context = |message: String| anyhow::anyhow!("{}: {message}", path.display());
 
-    let [images, same] = <[Value; 2]>::try_from(sequence(root, "the pickle").map_err(|e| context(e.to_string()))?)
-        .map_err(|items| context(format!("expected a pair (images, is_same), found {} items", items.len())))?;
+    let [images, same] =
+        <[Value; 2]>::try_from(sequence(root, "the pickle").map_err(|e| context(e.to_string()))?)
+            .map_err(|items| {
+            context(format!(
+                "expected a pair (images, is_same), found {} items",
+                items.len()
+            ))
+        })?;
     let images = sequence(images, "the images")
         .map_err(|e| context(e.to_string()))?
         .into_iter()
         .enumerate()
-        .map(|(index, value)| image_bytes(value).map_err(|e| context(format!("image {index}: {e}"))))
+        .map(|(index, value)| {
+            image_bytes(value).map_err(|e| context(format!("image {index}: {e}")))
+        })
         .collect::<Result<Vec<_>>>()?;
     let same = match same {
         // The flags as one numpy bool array.
@@ -132,7 +152,9 @@ pub fn read(path: &Path) -> Result<VerificationBin> {
             .map_err(|e| context(e.to_string()))?
             .iter()
             .enumerate()
-            .map(|(index, value)| flag(value).map_err(|e| context(format!("is_same[{index}]: {e}"))))
+            .map(|(index, value)| {
+                flag(value).map_err(|e| context(format!("is_same[{index}]: {e}")))
+            })
             .collect::<Result<Vec<_>>>()?,
     };
     if images.len() != 2 * same.len() {
@@ -155,13 +177,22 @@ mod tests {
 
     #[test]
     fn the_numpy_layout_of_insightfaces_small_lfw_is_read() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bins/small_lfw.bin");
-        assert!(path.is_file(), "the face data sets are missing: expected {}", path.display());
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bins/small_lfw.bin");
+        assert!(
+            path.is_file(),
+            "the face data sets are missing: expected {}",
+            path.display()
+        );
         let set = read(&path).unwrap();
         // The data set's README: 20 JPEG images, 10 pairs, all the same identity.
         assert_eq!(set.images.len(), 20);
         assert_eq!(set.same, vec![true; 10]);
-        assert!(set.images.iter().all(|image| image.starts_with(&[0xFF, 0xD8, 0xFF, 0xE0])));
+        assert!(
+            set.images
+                .iter()
+                .all(|image| image.starts_with(&[0xFF, 0xD8, 0xFF, 0xE0]))
+        );
     }
 
     #[test]
@@ -177,6 +208,9 @@ mod tests {
 
         std::fs::write(&path, &pickle[..20]).unwrap();
         let error = format!("{:#}", read(&path).err().unwrap());
-        assert!(error.contains("tiny.bin") && error.contains("not a readable pickle"), "{error}");
+        assert!(
+            error.contains("tiny.bin") && error.contains("not a readable pickle"),
+            "{error}"
+        );
     }
 }

@@ -50,7 +50,12 @@ impl IResNetDepth {
 fn conv(input: usize, output: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([input, output], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .with_padding(PaddingConfig2d::Explicit(
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+        ))
         .with_bias(false)
         .with_initializer(Initializer::Normal {
             mean: 0.0,
@@ -203,7 +208,9 @@ impl IResNet {
     /// - `faces`: `[batch_size, 3, 112, 112]`
     /// - output: `[batch_size, embedding_size]`
     pub fn forward(&self, faces: Tensor<4>) -> Tensor<2> {
-        let x = self.prelu.forward(self.bn1.forward(self.conv1.forward(faces)));
+        let x = self
+            .prelu
+            .forward(self.bn1.forward(self.conv1.forward(faces)));
         let x = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()

@@ -46,7 +46,9 @@ impl ConvUnit {
         Self {
             conv: Conv2dConfig::new([input, output], [kernel, kernel])
                 .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+                .with_padding(PaddingConfig2d::Explicit(
+                    padding, padding, padding, padding,
+                ))
                 .with_groups(groups)
                 .with_bias(false)
                 .init(device),
@@ -72,7 +74,14 @@ impl ConvUnit {
         )
     }
 
-    fn depthwise(channels: usize, kernel: usize, stride: usize, padding: usize, activation: bool, device: &Device) -> Self {
+    fn depthwise(
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        activation: bool,
+        device: &Device,
+    ) -> Self {
         Self::new(
             UnitSpec {
                 input: channels,
@@ -113,7 +122,14 @@ pub struct DepthWise {
 }
 
 impl DepthWise {
-    fn new(input: usize, output: usize, expanded: usize, stride: usize, residual: bool, device: &Device) -> Self {
+    fn new(
+        input: usize,
+        output: usize,
+        expanded: usize,
+        stride: usize,
+        residual: bool,
+        device: &Device,
+    ) -> Self {
         Self {
             expand: ConvUnit::pointwise(input, expanded, true, device),
             depthwise: ConvUnit::depthwise(expanded, 3, stride, 1, true, device),
@@ -161,7 +177,14 @@ impl MobileFaceNet {
             blocks.push(DepthWise::new(input, output, expanded, 2, false, device));
             let residual_width = if output == 64 { 128 } else { 256 };
             for _ in 0..repeats {
-                blocks.push(DepthWise::new(output, output, residual_width, 1, true, device));
+                blocks.push(DepthWise::new(
+                    output,
+                    output,
+                    residual_width,
+                    1,
+                    true,
+                    device,
+                ));
             }
         }
         Self {

@@ -100,7 +100,10 @@ impl BackboneConfig {
     /// of 1 to 8 192 channels, dropout in [0, 1).
     pub fn check(&self) -> Result<(), String> {
         if !(1..=16_384).contains(&self.embedding_size) {
-            return Err(format!("embedding size {} is outside 1 ..= 16384", self.embedding_size));
+            return Err(format!(
+                "embedding size {} is outside 1 ..= 16384",
+                self.embedding_size
+            ));
         }
         if let Some(width) = self.widths.iter().find(|w| !(1..=8_192).contains(*w)) {
             return Err(format!("stage width {width} is outside 1 ..= 8192"));
@@ -241,6 +244,11 @@ mod tests {
         for (name, architecture) in Architecture::NAMES {
             assert_eq!(name.parse::<Architecture>(), Ok(architecture));
         }
-        assert!("resnet18".parse::<Architecture>().unwrap_err().contains("iresnet18"));
+        assert!(
+            "resnet18"
+                .parse::<Architecture>()
+                .unwrap_err()
+                .contains("iresnet18")
+        );
     }
 }

@@ -40,7 +40,9 @@ mod tests {
     #[test]
     fn matches_burns_prelu_in_value_and_gradient() {
         let device = Device::flex().autodiff();
-        let values: Vec<f32> = (0..2 * 3 * 2 * 2).map(|i| (i as f32 - 11.5) / 4.0).collect();
+        let values: Vec<f32> = (0..2 * 3 * 2 * 2)
+            .map(|i| (i as f32 - 11.5) / 4.0)
+            .collect();
         let slopes = vec![0.25f32, -0.5, 1.5];
         let input = || {
             Tensor::<4>::from_data(TensorData::new(values.clone(), [2, 3, 2, 2]), &device)
@@ -64,7 +66,10 @@ mod tests {
 
         // Weighted sums so that every element's gradient is distinct.
         let weights = Tensor::<4>::from_data(
-            TensorData::new((0..24).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), [2, 3, 2, 2]),
+            TensorData::new(
+                (0..24).map(|i| i as f32 * 0.1).collect::<Vec<_>>(),
+                [2, 3, 2, 2],
+            ),
             &device,
         );
         let ours_grads = (ours * weights.clone()).sum().backward();
@@ -73,10 +78,24 @@ mod tests {
             read(ours_input.grad(&ours_grads).unwrap()),
             read(theirs_input.grad(&theirs_grads).unwrap())
         );
-        let slope_grad = prelu.weight.grad(&ours_grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let expected = theirs_slopes.grad(&theirs_grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let slope_grad = prelu
+            .weight
+            .grad(&ours_grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let expected = theirs_slopes
+            .grad(&theirs_grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for (a, b) in slope_grad.iter().zip(&expected) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{slope_grad:?} vs {expected:?}");
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{slope_grad:?} vs {expected:?}"
+            );
         }
     }
 }
