@@ -3,7 +3,8 @@
 //!
 //! Pipeline order: [`preprocess`] → [`backbone`] → [`head`] (margin logits and loss) →
 //! [`verify`] and [`ijb`] (evaluation protocols). [`model`] ties a backbone to its class centres;
-//! [`kernel`] runs the margin loss as WGSL kernels on wgpu.
+//! [`kernel`] runs the margin loss as WGSL kernels on wgpu. Before preprocessing, [`mtcnn`]
+//! finds faces and their landmarks in photos and [`align`] warps them to the template.
 
 pub mod align;
 pub mod backbone;
@@ -13,6 +14,7 @@ pub mod ijb;
 #[cfg(feature = "wgpu")]
 pub mod kernel;
 pub mod model;
+pub mod mtcnn;
 pub mod preprocess;
 pub mod verify;
 
