@@ -381,8 +381,10 @@ impl Mtcnn {
     pub async fn detect_async(&self, image: &RgbImage) -> Result<Vec<DetectedFace>, MtcnnError> {
         let full = Planes::from_image(image);
         let planes = match self.config.max_side {
-            Some(max_side) if full.width.max(full.height) > max_side as usize => {
-                let (width, height) = downscaled_size(full.width, full.height, max_side as usize);
+            // A maximum side of 0 is taken as 1 rather than refused.
+            Some(max_side) if full.width.max(full.height) > (max_side as usize).max(1) => {
+                let max_side = (max_side as usize).max(1);
+                let (width, height) = downscaled_size(full.width, full.height, max_side);
                 full.resized([0, 0, full.width, full.height], width, height)
             }
             _ => full.clone(),
@@ -915,6 +917,14 @@ mod tests {
         // A region: columns 1..4 of row 1, kept at its size.
         let region = planes.resized([1, 1, 4, 2], 3, 1);
         assert_eq!(&region.values[..3], &[6.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn large_photos_are_brought_down_to_the_maximum_side() {
+        assert_eq!(downscaled_size(2000, 1428, 1024), (1024, 731));
+        assert_eq!(downscaled_size(1428, 2000, 1024), (731, 1024));
+        assert_eq!(downscaled_size(6000, 10, 1000), (1000, 2));
+        assert_eq!(downscaled_size(6000, 1, 1000), (1000, 1));
     }
 
     #[test]
