@@ -101,6 +101,13 @@ pub fn landmarks_to_template(landmarks: &[[f64; 2]; 5]) -> Option<Similarity> {
     estimate_similarity(landmarks, &ARCFACE_TEMPLATE)
 }
 
+/// The transform that puts two eye centres (the one on the left of the picture first) exactly on
+/// the template's eyes: with two points the similarity is determined, so this is for faces whose
+/// other landmarks are unknown, such as eyes clicked by hand.
+pub fn eyes_to_template(left_eye: [f64; 2], right_eye: [f64; 2]) -> Option<Similarity> {
+    estimate_similarity(&[left_eye, right_eye], &ARCFACE_TEMPLATE[..2])
+}
+
 /// Warps `photo` through `to_crop` into a `size`×`size` crop: each crop pixel takes the
 /// bilinear interpolation of the photo at the inverse-mapped position; positions outside the
 /// photo read black, as OpenCV's `warpAffine` with a constant border.
@@ -200,6 +207,33 @@ mod tests {
         assert!(
             estimate_similarity(&[[1.0, 1.0], [1.0, 1.0]], &[[0.0, 0.0], [1.0, 0.0]]).is_none()
         );
+    }
+
+    #[test]
+    fn two_eyes_map_exactly_onto_the_template_eyes() {
+        // Eyes at twice the template's coordinates: the transform halves, no rotation or shift.
+        let [left, right] =
+            [ARCFACE_TEMPLATE[0], ARCFACE_TEMPLATE[1]].map(|[x, y]| [2.0 * x, 2.0 * y]);
+        let found = eyes_to_template(left, right).unwrap();
+        for (value, expected) in [
+            (found.a, 0.5),
+            (found.b, 0.0),
+            (found.tx, 0.0),
+            (found.ty, 0.0),
+        ] {
+            assert!((value - expected).abs() < 1e-9, "{found:?}");
+        }
+        // Level eyes 10 pixels apart, the left one at (100, 200). The template's eye vector,
+        // (73.5318 − 38.2946, 51.5014 − 51.6963) = (35.2372, −0.1949), is the image of (10, 0),
+        // so a = 3.52372 and b = −0.01949; the shift puts (100, 200) on (38.2946, 51.6963).
+        let found = eyes_to_template([100.0, 200.0], [110.0, 200.0]).unwrap();
+        let (a, b) = (3.523_72, -0.019_49);
+        let tx = 38.2946 - (a * 100.0 - b * 200.0);
+        let ty = 51.6963 - (b * 100.0 + a * 200.0);
+        for (value, expected) in [(found.a, a), (found.b, b), (found.tx, tx), (found.ty, ty)] {
+            assert!((value - expected).abs() < 1e-9, "{found:?}");
+        }
+        assert!(eyes_to_template([5.0, 5.0], [5.0, 5.0]).is_none());
     }
 
     #[test]
