@@ -24,6 +24,9 @@ use crate::pipeline::{self, Photo, Recognizer, Verdict};
 /// Where the built-in model is served from (Trunk copies `assets/model/` to `model/`).
 const BUILTIN_MODEL: &str = "model/model.safetensors";
 
+/// Where the face detector's weights are served from (a copy of `assets/mtcnn/`).
+const DETECTOR_WEIGHTS: &str = "mtcnn/mtcnn.safetensors";
+
 /// What the user is asked when no face was found automatically.
 const EYES_HINT: &str = "Click the centre of each eye on the photo.";
 
@@ -120,6 +123,7 @@ struct Page {
     backend: RwSignal<Option<Backend>>,
     model: RwSignal<ModelStatus>,
     model_error: RwSignal<Option<String>>,
+    detector_error: RwSignal<Option<String>>,
 }
 
 /// Two embeddings compared.
@@ -140,6 +144,7 @@ pub fn App() -> impl IntoView {
         backend: RwSignal::new(None),
         model: RwSignal::new(ModelStatus::Loading("Starting…".into())),
         model_error: RwSignal::new(None),
+        detector_error: RwSignal::new(None),
     };
     spawn_local(start(page));
 
@@ -216,6 +221,7 @@ fn ModelBar(page: Page) -> impl IntoView {
                 />
             </label>
             <p class="error" data-testid="model-error">{move || page.model_error.get()}</p>
+            <p class="error" data-testid="detector-error">{move || page.detector_error.get()}</p>
         </section>
     }
 }
@@ -320,6 +326,12 @@ fn PhotoPane(page: Page, pane: Pane) -> impl IntoView {
                 <canvas
                     node_ref=canvas_ref
                     data-testid=format!("photo-canvas-{index}")
+                    data-faces=move || {
+                        pane.faces.with(|faces| {
+                            serde_json::to_string(&faces.iter().map(|f| f.bbox).collect::<Vec<_>>())
+                                .unwrap_or_default()
+                        })
+                    }
                     class:manual=move || pane.manual.get()
                     on:click=on_click
                 ></canvas>
@@ -414,8 +426,16 @@ async fn start(page: Page) {
     DEVICE.with(|slot| *slot.borrow_mut() = Some(device));
     page.backend.set(Some(backend));
 
-    if let Ok(detector) = Detector::load().await {
-        DETECTOR.with(|slot| *slot.borrow_mut() = Some(Rc::new(detector)));
+    page.model
+        .set(ModelStatus::Loading("Loading the face detector…".into()));
+    let detector = browser::fetch_asset(DETECTOR_WEIGHTS)
+        .await
+        .and_then(|bytes| Detector::load(&bytes));
+    match detector {
+        Ok(detector) => DETECTOR.with(|slot| *slot.borrow_mut() = Some(Rc::new(detector))),
+        Err(message) => page.detector_error.set(Some(format!(
+            "No face detector ({message}): mark the eyes by hand."
+        ))),
     }
 
     page.model
@@ -506,15 +526,30 @@ fn load_photo(page: Page, pane: Pane, file: web_sys::File) {
         pane.photo.set(Some(photo.clone()));
 
         let detector = DETECTOR.with(|slot| slot.borrow().clone());
-        let faces = detector.map(|d| d.detect(&photo.image)).unwrap_or_default();
+        let faces = match &detector {
+            Some(detector) => {
+                pane.status.set("Looking for faces…".into());
+                browser::yield_to_browser().await;
+                let found = detector.detect(&photo.image).await;
+                if pane.generation.get_untracked() != generation {
+                    return;
+                }
+                found.unwrap_or_else(|message| {
+                    pane.error
+                        .set(Some(format!("Face detection failed: {message}")));
+                    Vec::new()
+                })
+            }
+            None => Vec::new(),
+        };
         pane.faces.set(faces.clone());
         match faces.len() {
             0 => {
                 pane.manual.set(true);
-                let found = if detector_available() {
+                let found = if detector.is_some() {
                     "No face was found. "
                 } else {
-                    "This build has no face detector. "
+                    ""
                 };
                 pane.status.set(format!("{found}{EYES_HINT}"));
             }
@@ -524,10 +559,6 @@ fn load_photo(page: Page, pane: Pane, file: web_sys::File) {
                 .set(format!("{count} faces found: click the one to compare.")),
         }
     });
-}
-
-fn detector_available() -> bool {
-    DETECTOR.with(|slot| slot.borrow().as_ref().is_some_and(|d| d.is_available()))
 }
 
 /// A click on the photo: an eye mark in manual mode, otherwise the choice of a found face.
