@@ -1,7 +1,9 @@
 // Browser tests of the compare-two-photos page: serves dist/ from a local static server, drives
 // the system's Chromium with playwright-core, and checks what a user would see: two photos of one
-// person and of two people compared through the manual eye-click path, an undecodable file, a
-// 6000×4000 photo, one run on WebGPU, and that the page makes no request beyond its own files.
+// person and of two people with their faces found by the page's detector, a group photo whose
+// faces the user chooses between, a faceless image and a hand-marked face on the manual eye-click
+// path, the largest press photos, an undecodable file, a 6000×4000 photo, one run on WebGPU, and
+// that the page makes no request beyond its own files, and none at all once loaded.
 // The score the page shows is held to the cosine of embeddings computed natively (the `reference`
 // example) from the very crops the page made.
 //
@@ -89,9 +91,17 @@ async function serve(folder) {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
+// Requests a page made after its model was ready: there must be none (photos, crops and
+// models picked by the user are all handled inside the page).
+const lateRequests = [];
+
 async function openPage(context, origin, query, requests) {
   const page = await context.newPage();
-  page.on('request', (request) => requests.push(request.url()));
+  let loaded = false;
+  page.on('request', (request) => {
+    requests.push(request.url());
+    if (loaded && !/^(data|blob):/.test(request.url())) lateRequests.push(request.url());
+  });
   page.on('pageerror', (error) => console.error(`  page error: ${error.message}`));
   page.on('console', (message) => {
     if (message.type() === 'error') console.error(`  console: ${message.text()}`);
@@ -99,6 +109,7 @@ async function openPage(context, origin, query, requests) {
   const start = Date.now();
   await page.goto(`${origin}/${query}`);
   await page.waitForSelector('[data-testid="model-status"][data-state="ready"]', { timeout: 180_000 });
+  loaded = true;
   return { page, readyMs: Date.now() - start };
 }
 
@@ -110,6 +121,29 @@ async function uploadPhoto(page, index, photo) {
   const buffer = fs.readFileSync(path.join(FREXAMPLES, photo.file));
   await upload(page, index, path.basename(photo.file), buffer);
   await page.waitForSelector(`[data-testid="photo-size-${index}"]:has-text("×")`, { timeout: 120_000 });
+}
+
+/** Waits until the pane is done reading, decoding and looking for faces; returns the boxes. */
+async function detected(page, index) {
+  await page.waitForFunction(
+    (i) => {
+      const status = document.querySelector(`[data-testid="status-${i}"]`)?.textContent ?? '';
+      return !/Reading|Decoding|Looking for faces/.test(status);
+    },
+    index,
+    { timeout: 120_000 },
+  );
+  const faces = await page.getByTestId(`photo-canvas-${index}`).getAttribute('data-faces');
+  return JSON.parse(faces || '[]');
+}
+
+/** Clicks a point given in the working image's pixels (the canvas's own size). */
+async function clickCanvas(page, index, [x, y]) {
+  const canvas = page.getByTestId(`photo-canvas-${index}`);
+  await canvas.scrollIntoViewIfNeeded();
+  const box = await canvas.boundingBox();
+  const size = await canvas.evaluate((c) => [c.width, c.height]);
+  await page.mouse.click(box.x + (x / size[0]) * box.width, box.y + (y / size[1]) * box.height);
 }
 
 /** Clicks the two eyes of `photo` (given in the file's pixels) on the pane's canvas. */
@@ -126,6 +160,7 @@ async function clickEyes(page, index, photo) {
 
 /** Aligns a pane's face: by the detector when it found one, else by the eye clicks. */
 async function alignFace(page, index, photo) {
+  await detected(page, index);
   const status = await page.getByTestId(`status-${index}`).textContent();
   if (/eye/i.test(status ?? '')) await clickEyes(page, index, photo);
   await page.waitForSelector(`[data-testid="crop-${index}"]`, { timeout: 60_000 });
@@ -239,10 +274,12 @@ async function main() {
     return { message: text };
   });
 
-  await test('two photos of one person: crops, score and verdict, by clicking the eyes', async () => {
+  await test('two photos of one person: faces found, crops, score and verdict', async () => {
     await uploadPhoto(page, 0, PHOTOS.personA1);
     await uploadPhoto(page, 1, PHOTOS.personA2);
     await page.screenshot({ path: path.join(ARTIFACTS, '03-photos-loaded.png'), fullPage: true });
+    const found = [await detected(page, 0), await detected(page, 1)];
+    assert.deepEqual(found.map((f) => f.length), [1, 1], 'one face found in each portrait');
     await alignFace(page, 0, PHOTOS.personA1);
     await alignFace(page, 1, PHOTOS.personA2);
     const shown = await result(page);
@@ -261,6 +298,95 @@ async function main() {
     const check = checkAgainstNative(shown, 'different', TOLERANCE.cpu);
     if (isTrained(shown.hook)) assert.equal(shown.verdict, 'different');
     return { score: shown.score, verdict: shown.verdict, ...check };
+  });
+
+  await test('a photo of several people: every face is boxed and the clicked one is compared', async () => {
+    const buffer = fs.readFileSync(path.join(FREXAMPLES, 'multi_face', 'two_people.jpg'));
+    await upload(page, 1, 'two_people.jpg', buffer);
+    const faces = await detected(page, 1);
+    assert.ok(faces.length >= 2, `${faces.length} faces found`);
+    const status = await page.getByTestId('status-1').textContent();
+    assert.match(status, /faces found: click the one/);
+    // Choose the second face: its box turns green and its crop is compared.
+    const [left, top, right, bottom] = faces[1];
+    await clickCanvas(page, 1, [(left + right) / 2, (top + bottom) / 2]);
+    await page.waitForSelector('[data-testid="crop-1"]', { timeout: 60_000 });
+    const shown = await result(page);
+    await page.screenshot({ path: path.join(ARTIFACTS, '06-several-people.png'), fullPage: true });
+    const check = checkAgainstNative(shown, 'several', TOLERANCE.cpu);
+    return { faces: faces.length, score: shown.score, ...check };
+  });
+
+  await test('a photo with no face takes the manual path: two clicks on the eyes', async () => {
+    // A smooth gradient with no face in it, drawn in the browser.
+    const base64 = await page.evaluate(async () => {
+      const canvas = new OffscreenCanvas(800, 600);
+      const context = canvas.getContext('2d');
+      const gradient = context.createLinearGradient(0, 0, 800, 600);
+      gradient.addColorStop(0, '#2b4c7e');
+      gradient.addColorStop(1, '#e0c9a6');
+      context.fillStyle = gradient;
+      context.fillRect(0, 0, 800, 600);
+      const blob = await canvas.convertToBlob({ type: 'image/png' });
+      const out = new Uint8Array(await blob.arrayBuffer());
+      let binary = '';
+      for (let i = 0; i < out.length; i += 0x8000) binary += String.fromCharCode(...out.subarray(i, i + 0x8000));
+      return btoa(binary);
+    });
+    await upload(page, 1, 'no-face.png', Buffer.from(base64, 'base64'), 'image/png');
+    await page.waitForSelector('[data-testid="photo-size-1"]:has-text("800×600")', { timeout: 60_000 });
+    const faces = await detected(page, 1);
+    assert.equal(faces.length, 0);
+    const status = await page.getByTestId('status-1').textContent();
+    assert.match(status, /No face was found\. Click the centre of each eye/);
+    await page.screenshot({ path: path.join(ARTIFACTS, '07-no-face.png'), fullPage: true });
+    await clickCanvas(page, 1, [360, 280]);
+    assert.match(await page.getByTestId('status-1').textContent(), /other eye/);
+    await clickCanvas(page, 1, [440, 280]);
+    await page.waitForSelector('[data-testid="crop-1"]', { timeout: 60_000 });
+    const shown = await result(page);
+    await page.screenshot({ path: path.join(ARTIFACTS, '08-no-face-marked.png'), fullPage: true });
+    const check = checkAgainstNative(shown, 'manual', TOLERANCE.cpu);
+    return { score: shown.score, ...check };
+  });
+
+  await test('the eyes can be marked by hand on a photo whose face was found', async () => {
+    await uploadPhoto(page, 1, PHOTOS.personA2);
+    await detected(page, 1);
+    await page.waitForSelector('[data-testid="crop-1"]', { timeout: 60_000 });
+    const detectedCrop = await page.getByTestId('crop-1').getAttribute('src');
+    await page.getByTestId('manual-1').click();
+    await clickEyes(page, 1, PHOTOS.personA2);
+    await page.waitForFunction(
+      (before) => document.querySelector('[data-testid="crop-1"]')?.src !== before,
+      detectedCrop,
+      { timeout: 60_000 },
+    );
+    const shown = await result(page);
+    const check = checkAgainstNative(shown, 'marked', TOLERANCE.cpu);
+    if (isTrained(shown.hook)) assert.equal(shown.verdict, 'same');
+    return { score: shown.score, verdict: shown.verdict, ...check };
+  });
+
+  await test('the largest press photos: faces found, page responsive', async () => {
+    const folder = path.join(FREXAMPLES, '..', 'photos');
+    const largest = fs
+      .readdirSync(folder)
+      .filter((name) => name.endsWith('.jpg'))
+      .map((name) => ({ name, bytes: fs.statSync(path.join(folder, name)).size }))
+      .sort((a, b) => b.bytes - a.bytes)
+      .slice(0, 3);
+    const seen = [];
+    for (const { name, bytes } of largest) {
+      const start = Date.now();
+      await upload(page, 1, name, fs.readFileSync(path.join(folder, name)));
+      await page.waitForSelector(`[data-testid="photo-size-1"]:has-text("${name}")`, { timeout: 120_000 });
+      const faces = await detected(page, 1);
+      assert.ok(faces.length >= 1, `${name}: no face found`);
+      seen.push({ name, bytes, faces: faces.length, ms: Date.now() - start });
+    }
+    await page.screenshot({ path: path.join(ARTIFACTS, '09-press-photo.png'), fullPage: true });
+    return { photos: seen };
   });
 
   await test('a model file from the picker replaces the built-in one; a bad one is refused', async () => {
@@ -322,7 +448,7 @@ async function main() {
     assert.ok(width <= 1600, `working image is ${width} pixels wide`);
     await alignFace(page, 0, big);
     const shown = await result(page);
-    await page.screenshot({ path: path.join(ARTIFACTS, '06-huge-photo.png'), fullPage: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, '10-huge-photo.png'), fullPage: true });
     report.timings.hugePhotoDecodeMs = decodeMs;
     return { bytes: buffer.length, decodeMs, workingWidth: width, score: shown.score };
   });
@@ -342,7 +468,7 @@ async function main() {
       await alignFace(gpuPage, 0, PHOTOS.personA1);
       await alignFace(gpuPage, 1, PHOTOS.personA2);
       const shown = await result(gpuPage);
-      await gpuPage.screenshot({ path: path.join(ARTIFACTS, '07-webgpu.png'), fullPage: true });
+      await gpuPage.screenshot({ path: path.join(ARTIFACTS, '11-webgpu.png'), fullPage: true });
       const check = checkAgainstNative(shown, 'webgpu', TOLERANCE.webgpu);
       report.timings.webgpuEmbeddingMs = shown.hook.panes.map((p) => p.millis);
       return { score: shown.score, backend: label, ...check };
@@ -351,10 +477,11 @@ async function main() {
     }
   });
 
-  await test('no request leaves the page: only its own files are fetched', async () => {
+  await test('no request leaves the page: only its own files, and nothing after loading', async () => {
     report.requests = [...new Set(requests)];
     const foreign = requests.filter((url) => !url.startsWith(origin) && !/^(data|blob):/.test(url));
     assert.deepEqual(foreign, []);
+    assert.deepEqual(lateRequests, [], 'requests after the page had loaded');
     return { distinct: report.requests.length };
   });
 
