@@ -216,8 +216,18 @@ function checkAgainstNative(shown, label, tolerance) {
   return { native: native.score, worstEmbeddingDifference: worst };
 }
 
+// Below this held-out accuracy a model gets single pairs wrong often enough that asserting its
+// verdict on one pair would test the model rather than the page. Under it, the verdict is only
+// held to the score and the threshold (checkAgainstNative), and the report says so.
+const VERDICT_BAR = 0.95;
+
 function isTrained(hook) {
   return !/untrained/i.test(hook.model.card.trained_with ?? '');
+}
+
+/** Whether the model in use is good enough for its verdict on one pair to be asserted. */
+function verdictAsserted(hook) {
+  return isTrained(hook) && (hook.model.card.accuracy ?? 0) >= VERDICT_BAR;
 }
 
 async function test(name, body) {
@@ -285,9 +295,10 @@ async function main() {
     const shown = await result(page);
     await page.screenshot({ path: path.join(ARTIFACTS, '04-same-person.png'), fullPage: true });
     const check = checkAgainstNative(shown, 'same', TOLERANCE.cpu);
-    if (isTrained(shown.hook)) assert.equal(shown.verdict, 'same');
     report.timings.cpuEmbeddingMs = shown.hook.panes.map((p) => p.millis);
-    return { score: shown.score, verdict: shown.verdict, ...check, trained: isTrained(shown.hook) };
+    const asserted = verdictAsserted(shown.hook);
+    if (asserted) assert.equal(shown.verdict, 'same');
+    return { score: shown.score, verdict: shown.verdict, expected: 'same', asserted, ...check };
   });
 
   await test('two different people: another score and the verdict', async () => {
@@ -296,8 +307,9 @@ async function main() {
     const shown = await result(page);
     await page.screenshot({ path: path.join(ARTIFACTS, '05-different-people.png'), fullPage: true });
     const check = checkAgainstNative(shown, 'different', TOLERANCE.cpu);
-    if (isTrained(shown.hook)) assert.equal(shown.verdict, 'different');
-    return { score: shown.score, verdict: shown.verdict, ...check };
+    const asserted = verdictAsserted(shown.hook);
+    if (asserted) assert.equal(shown.verdict, 'different');
+    return { score: shown.score, verdict: shown.verdict, expected: 'different', asserted, ...check };
   });
 
   await test('a photo of several people: every face is boxed and the clicked one is compared', async () => {
@@ -364,8 +376,9 @@ async function main() {
     );
     const shown = await result(page);
     const check = checkAgainstNative(shown, 'marked', TOLERANCE.cpu);
-    if (isTrained(shown.hook)) assert.equal(shown.verdict, 'same');
-    return { score: shown.score, verdict: shown.verdict, ...check };
+    const asserted = verdictAsserted(shown.hook);
+    if (asserted) assert.equal(shown.verdict, 'same');
+    return { score: shown.score, verdict: shown.verdict, expected: 'same', asserted, ...check };
   });
 
   await test('the largest press photos: faces found, page responsive', async () => {
