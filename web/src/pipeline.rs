@@ -228,7 +228,9 @@ pub fn explain(card: &ModelCard) -> Vec<String> {
         ),
     }
     if !card.threshold_note.is_empty() {
-        lines.push(card.threshold_note.clone());
+        // The card's note is a clause ("chosen by …", "set by hand …").
+        let note = card.threshold_note.trim_end_matches('.');
+        lines.push(format!("The threshold was {note}."));
     }
     match (card.accuracy, card.false_accept_rate) {
         (Some(accuracy), Some(far)) => lines.push(format!(
