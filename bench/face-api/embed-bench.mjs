@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { FLAGS as TEST_FLAGS, PHOTOS } from '../../tests/browser/chromium.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -33,24 +34,11 @@ const WARMUP = Number(process.env.WARMUP ?? 2);
 const ONLY = process.env.ONLY ?? '';
 const OUTPUT = path.join(here, 'results.json');
 
-// The flags the browser tests use, plus WebGPU on Chromium's own software adapter.
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--enable-unsafe-webgpu',
-];
+// The browser tests' flags, plus WebGPU on Chromium's own software adapter.
+const FLAGS = [...TEST_FLAGS, '--enable-unsafe-webgpu'];
 
-// Our page's test photos, with the eye centres read off them by hand (file pixels, the eye on
-// the left of the picture first). Only used when the page's detector does not align the face.
-const PAIR = [
-  { file: 'g01/01.jpg', size: [910, 1137], eyes: [[444, 214], [550, 212]] },
-  { file: 'g01/02.jpg', size: [626, 1200], eyes: [[248, 369], [362, 378]] },
-];
+// Our page's test pair (eye marks used only when the detector does not align the face).
+const PAIR = [PHOTOS.personA1, PHOTOS.personA2];
 
 const results = [];
 

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
+import { FLAGS, PHOTOS } from './chromium.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -28,27 +29,9 @@ const FREXAMPLES = process.env.FREXAMPLES ?? path.resolve(root, '..', 'shared', 
 const ARTIFACTS = path.resolve(process.env.ARTIFACTS ?? path.join(here, 'artifacts'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
-// Eye centres (pupils) read off the photos by hand, in the files' own pixels: left of the picture
-// first.
-const PHOTOS = {
-  personA1: { file: 'g01/01.jpg', size: [910, 1137], eyes: [[444, 214], [550, 212]] },
-  personA2: { file: 'g01/02.jpg', size: [626, 1200], eyes: [[248, 369], [362, 378]] },
-  personB1: { file: 'g02/01.jpg', size: [970, 2204], eyes: [[533, 323], [650, 346]] },
-};
-
 // The page's CPU path is the same code as the native reference on the same backend (flex), so
 // only float summation order differs; WebGPU (SwiftShader here) reorders more.
 const TOLERANCE = { cpu: 1e-4, webgpu: 2e-3 };
-
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 const report = { tests: [], timings: {}, requests: [] };
 
