@@ -402,7 +402,11 @@ fn ResultPanel(comparison: Memo<Option<Comparison>>) -> impl IntoView {
                     {result.verdict.words()}
                 </p>
                 <ul class="explanation" data-testid="explanation">
-                    {result.explanation.into_iter().map(|line| view! { <li>{line}</li> }).collect_view()}
+                    {result
+                        .explanation
+                        .into_iter()
+                        .map(|line| view! { <li>{line}</li> })
+                        .collect_view()}
                 </ul>
                 <p class="timing" data-testid="timing">
                     {format!(
